@@ -1,0 +1,275 @@
+"""Integer element-wise and pooling kernels: add, concat, clamp/ReLU, pooling, flatten.
+
+Convention r = S·(q − Z). Every kernel takes integer tensors (uint8/int8, int16 where noted)
+and returns integers; rescaling between (S, Z) pairs goes through `fixedpoint`'s MBQM.
+
+* add (TFLite's quantized ADD): both inputs are brought to a common scale 2·max(S_a, S_b)/2^20
+  in int32, added, and rescaled to the output:
+      a' = MBQM((q_a − Z_a)·2^20, S_a / (2·max)),   b' = MBQM((q_b − Z_b)·2^20, S_b / (2·max))
+      q_y = clamp(Z_y + MBQM(a' + b', 2·max / (2^20·S_y)), qmin, qmax)
+  The 2^20 left shift keeps 20 fractional bits through the rescale (15 for 16-bit inputs).
+* concat / rescale: q_y = clamp(Z_y + MBQM(q_x − Z_x, S_x / S_y)); identical (S, Z) copy.
+* avg pool: q_y = clamp(Z_y + MBQM(Σ_window (q_x − Z_x), S_x / (S_y·count))). The window sum is
+  exact (padding holds q = Z_x, the real 0). ``count`` follows torch: with count_include_pad it is
+  the window clipped to the padded input, else the real elements. Rounding: to nearest, ties as
+  gemmlowp (the 31-bit product rounds half up, the final shift half away from zero); M itself is
+  rounded to 31 bits, so a mean that is an exact tie can round either way when count is not a
+  power of two. TFLite averages raw codes as (Σq + count/2)/count: same result except at ties.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from zeropoint.engine.conv import Layout, _from_nchw, _pair, _to_nchw
+from zeropoint.engine.fixedpoint import (
+    INT32_MAX,
+    INT32_MIN,
+    Requantizer,
+    activation_range,
+    dtype_range,
+    multiply_by_quantized_multiplier,
+    quantize_multipliers,
+)
+from zeropoint.engine.kernels import check_activation
+
+
+def _scale(s: float, name: str) -> float:
+    s = float(s)
+    if not (math.isfinite(s) and s > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {s!r}")
+    return s
+
+
+# --------------------------------------------------------------------------- add
+
+
+@dataclass(frozen=True, eq=False)
+class AddParams:
+    """TFLite ADD constants: input zero points, three fixed-point multipliers, output clamp."""
+
+    a_zero_point: int
+    b_zero_point: int
+    a_rescale: Requantizer  # S_a / (2·max), to int32
+    b_rescale: Requantizer  # S_b / (2·max), to int32
+    output: Requantizer  # 2·max / (2^left_shift·S_y), Z_y, clamp
+    left_shift: int
+
+
+def prepare_add(
+    a_scale: float, a_zero_point: int, b_scale: float, b_zero_point: int,
+    out_scale: float, out_zero_point: int, dtype: torch.dtype = torch.uint8,
+    activation: str | None = None, left_shift: int | None = None,
+) -> AddParams:  # fmt: skip
+    """Multipliers of q_y = Z_y + (S_a(q_a − Z_a) + S_b(q_b − Z_b)) / S_y (see module docstring).
+
+    ``left_shift`` defaults to 20 for 8-bit outputs and 15 for int16 (TFLite's choices).
+    """
+    sa, sb = _scale(a_scale, "a_scale"), _scale(b_scale, "b_scale")
+    sy = _scale(out_scale, "out_scale")
+    if left_shift is None:
+        left_shift = 15 if dtype == torch.int16 else 20
+    twice_max = 2.0 * max(sa, sb)
+    lo, hi = activation_range(activation, sy, out_zero_point, dtype)
+    out_m = twice_max / ((1 << left_shift) * sy)
+    return AddParams(
+        int(a_zero_point), int(b_zero_point),
+        Requantizer.from_multiplier(sa / twice_max, 0, torch.int32, INT32_MIN, INT32_MAX),
+        Requantizer.from_multiplier(sb / twice_max, 0, torch.int32, INT32_MIN, INT32_MAX),
+        Requantizer.from_multiplier(out_m, out_zero_point, dtype, lo, hi),
+        left_shift,
+    )  # fmt: skip
+
+
+def add(q_a: Tensor, q_b: Tensor, params: AddParams) -> Tensor:
+    """Quantized element-wise a + b with broadcasting (TFLite's integer ADD)."""
+    check_activation(q_a, params.a_zero_point, "q_a")
+    check_activation(q_b, params.b_zero_point, "q_b")
+    try:
+        shape = torch.broadcast_shapes(q_a.shape, q_b.shape)
+    except RuntimeError as e:
+        raise ValueError(
+            f"shapes {tuple(q_a.shape)} and {tuple(q_b.shape)} do not broadcast"
+        ) from e
+    lo_a, hi_a = dtype_range(q_a.dtype)
+    lo_b, hi_b = dtype_range(q_b.dtype)
+    if max(hi_a - lo_a, hi_b - lo_b) << params.left_shift > INT32_MAX:
+        raise ValueError(f"left_shift={params.left_shift} overflows int32 for these input dtypes")
+    a = (q_a.to(torch.int64) - params.a_zero_point).bitwise_left_shift_(params.left_shift)
+    b = (q_b.to(torch.int64) - params.b_zero_point).bitwise_left_shift_(params.left_shift)
+    total = params.a_rescale.apply_(a).to(torch.int64) + params.b_rescale.apply_(b)
+    return params.output.apply_(total.expand(shape).contiguous())
+
+
+# --------------------------------------------------------------------------- rescale / concat
+
+
+def rescale(q_x: Tensor, x_zero_point: int, requant: Requantizer, channel_axis: int = 1) -> Tensor:
+    """Requantize to another (S, Z): clamp(Z_y + MBQM(q_x − Z_x, S_x/S_y)) (per channel: axis)."""
+    check_activation(q_x, x_zero_point)
+    return requant.apply_(q_x.to(torch.int64) - x_zero_point, channel_axis)
+
+
+@dataclass(frozen=True, eq=False)
+class ConcatParams:
+    """Per input: its zero point and the Requantizer to the output's (S, Z) (None: copy)."""
+
+    zero_points: tuple[int, ...]
+    rescales: tuple[Requantizer | None, ...]
+    dtype: torch.dtype
+
+
+def prepare_concat(
+    scales: Sequence[float], zero_points: Sequence[int], out_scale: float, out_zero_point: int,
+    dtype: torch.dtype = torch.uint8,
+) -> ConcatParams:  # fmt: skip
+    """Rescale every input whose (S, Z) differs from the output's by M = S_x / S_y."""
+    if len(scales) != len(zero_points) or not scales:
+        raise ValueError(f"need one zero point per scale, got {len(scales)} and {len(zero_points)}")
+    sy = _scale(out_scale, "out_scale")
+    rescales = tuple(
+        None if (float(s) == sy and int(z) == out_zero_point)
+        else Requantizer.from_multiplier(_scale(s, "scale") / sy, out_zero_point, dtype)
+        for s, z in zip(scales, zero_points)
+    )  # fmt: skip
+    return ConcatParams(tuple(int(z) for z in zero_points), rescales, dtype)
+
+
+def concat(tensors: Sequence[Tensor], params: ConcatParams, dim: int = 1) -> Tensor:
+    """Quantized concatenation along ``dim``, every input requantized to the output's (S, Z)."""
+    if len(tensors) != len(params.rescales):
+        raise ValueError(f"expected {len(params.rescales)} tensors, got {len(tensors)}")
+    parts = []
+    for i, (q, z, r) in enumerate(zip(tensors, params.zero_points, params.rescales)):
+        check_activation(q, z, f"tensors[{i}]")
+        if r is None and q.dtype != params.dtype:
+            raise TypeError(f"tensors[{i}] has dtype {q.dtype}, the output {params.dtype}")
+        parts.append(q if r is None else r.apply_(q.to(torch.int64) - z))
+    return torch.cat(parts, dim)
+
+
+# --------------------------------------------------------------------------- clamps
+
+
+def clamp(q_x: Tensor, qmin: int, qmax: int) -> Tensor:
+    """Clamp to [qmin, qmax] in the input dtype (ReLU, ReLU6 and hard clamps are all this)."""
+    lo, hi = dtype_range(q_x.dtype)
+    if not lo <= qmin <= qmax <= hi:
+        raise ValueError(f"clamp [{qmin}, {qmax}] must lie inside {q_x.dtype}'s [{lo}, {hi}]")
+    return q_x.clamp(qmin, qmax)
+
+
+def relu(q_x: Tensor, zero_point: int) -> Tensor:
+    """ReLU in the quantized domain: real 0 is the code Z, so clamp below at Z."""
+    return clamp(q_x, *activation_range("relu", 1.0, zero_point, q_x.dtype))
+
+
+def relu6(q_x: Tensor, scale: float, zero_point: int) -> Tensor:
+    """ReLU6: clamp to [Z, Z + round(6/S)] (see `activation_range`)."""
+    return clamp(q_x, *activation_range("relu6", _scale(scale, "scale"), zero_point, q_x.dtype))
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+def max_pool2d(
+    q_x: Tensor, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
+    ceil_mode: bool = False, layout: Layout = "NCHW",
+) -> Tensor:  # fmt: skip
+    """Max pooling on codes (max commutes with the increasing map q ↦ S(q − Z)).
+
+    Padding acts as qmin, the dtype minimum: torch pads with the lowest value, and since it
+    requires padding ≤ kernel/2 every window holds a real element, so padding never wins.
+    """
+    check_activation(q_x, dtype_range(q_x.dtype)[0])
+    x = _to_nchw(q_x, layout)
+    k = _pair(kernel_size, "kernel_size", 1)
+    s = k if stride is None else _pair(stride, "stride", 1)
+    y = F.max_pool2d(
+        x, k, s, _pair(padding, "padding", 0), _pair(dilation, "dilation", 1), ceil_mode
+    )
+    return _from_nchw(y, layout)
+
+
+def _window_counts(size: int, out: int, k: int, s: int, p: int, include_pad: bool) -> Tensor:
+    start = torch.arange(out) * s - p
+    if include_pad:  # torch: the window clipped to the padded input, pad included
+        return torch.minimum(start + k, torch.tensor(size + p)) - start
+    return torch.minimum(start + k, torch.tensor(size)) - start.clamp(min=0)
+
+
+def _requantize_sums(
+    sums: Tensor, counts: Tensor, x_scale: float, out_scale: float, out_zp: int, dtype: torch.dtype
+) -> Tensor:
+    """clamp(Z_y + MBQM(sum, S_x/(S_y·count))) with one multiplier per distinct count."""
+    m0, shift = quantize_multipliers(x_scale / (out_scale * counts.to(torch.float64)))
+    y = multiply_by_quantized_multiplier(sums, m0, shift) + out_zp
+    lo, hi = dtype_range(dtype)
+    return y.clamp_(lo, hi).to(dtype)
+
+
+def _pool_qparams(
+    q_x: Tensor, x_zp: int, x_scale: float, out_scale: float | None, out_zp: int | None
+) -> tuple[float, float, int]:
+    """(S_x, S_y, Z_y); the output's (S, Z) default to the input's."""
+    check_activation(q_x, x_zp)
+    sx = _scale(x_scale, "x_scale")
+    sy = sx if out_scale is None else _scale(out_scale, "out_scale")
+    zy = x_zp if out_zp is None else int(out_zp)
+    lo, hi = dtype_range(q_x.dtype)
+    if not lo <= zy <= hi:
+        raise ValueError(f"output zero point {zy} is outside {q_x.dtype}'s [{lo}, {hi}]")
+    return sx, sy, zy
+
+
+def avg_pool2d(
+    q_x: Tensor, x_zero_point: int, kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None, padding: int | tuple[int, int] = 0,
+    ceil_mode: bool = False, count_include_pad: bool = True, *, x_scale: float = 1.0,
+    out_scale: float | None = None, out_zero_point: int | None = None, layout: Layout = "NCHW",
+) -> Tensor:  # fmt: skip
+    """Average pooling, torch semantics; output (S, Z) defaults to the input's (module docstring)."""
+    sx, sy, zy = _pool_qparams(q_x, x_zero_point, x_scale, out_scale, out_zero_point)
+    x = _to_nchw(q_x, layout)
+    k = _pair(kernel_size, "kernel_size", 1)
+    s = k if stride is None else _pair(stride, "stride", 1)
+    p = _pair(padding, "padding", 0)
+    lo, hi = dtype_range(q_x.dtype)
+    exact32 = k[0] * k[1] * max(x_zero_point - lo, hi - x_zero_point) < (1 << 24)
+    a = x.to(torch.float32 if exact32 else torch.float64) - x_zero_point
+    sums = F.avg_pool2d(a, k, s, p, ceil_mode, True, divisor_override=1).to(torch.int64)
+    h_out, w_out = sums.shape[-2:]
+    ch = _window_counts(x.shape[2], h_out, k[0], s[0], p[0], count_include_pad)
+    cw = _window_counts(x.shape[3], w_out, k[1], s[1], p[1], count_include_pad)
+    y = _requantize_sums(sums, ch[:, None] * cw[None, :], sx, sy, zy, q_x.dtype)
+    return _from_nchw(y, layout)
+
+
+def global_avg_pool2d(
+    q_x: Tensor, x_zero_point: int, *, x_scale: float = 1.0, out_scale: float | None = None,
+    out_zero_point: int | None = None, layout: Layout = "NCHW",
+) -> Tensor:  # fmt: skip
+    """Mean over H, W (keepdim): clamp(Z_y + MBQM(Σ(q − Z_x), S_x/(S_y·H·W)))."""
+    sx, sy, zy = _pool_qparams(q_x, x_zero_point, x_scale, out_scale, out_zero_point)
+    x = _to_nchw(q_x, layout)
+    count = x.shape[2] * x.shape[3]
+    if count == 0:
+        raise ValueError(f"global_avg_pool2d needs H·W > 0, got shape {tuple(q_x.shape)}")
+    sums = (x.to(torch.int64) - x_zero_point).sum((2, 3), keepdim=True)
+    y = _requantize_sums(sums, torch.tensor(count), sx, sy, zy, q_x.dtype)
+    return _from_nchw(y, layout)
+
+
+def flatten(q_x: Tensor, start_dim: int = 1, layout: Layout = "NCHW") -> Tensor:
+    """torch.flatten in NCHW element order (an NHWC input is transposed first, so a Linear
+    trained on NCHW flattening sees its features in the same order)."""
+    if layout == "NHWC" and q_x.dim() == 4:
+        q_x = q_x.permute(0, 3, 1, 2)
+    return torch.flatten(q_x, start_dim)

@@ -1,0 +1,436 @@
+"""Fixed-point requantization: the real multiplier M as M0·2^−shift, and gemmlowp's arithmetic.
+
+Convention ``r = S·(q − Z)``. A layer y = W·x + b computed in integers: with r_x = S_x(q_x − Z_x),
+r_w = S_w(q_w − Z_w), r_b = S_x·S_w·q_b (the bias quantized to int32 with scale S_x·S_w, Z = 0)
+and r_y = S_y(q_y − Z_y),
+
+    S_y(q_y − Z_y) = Σ_k S_x(q_x,k − Z_x)·S_w(q_w,k − Z_w) + S_x·S_w·q_b
+    q_y = Z_y + M·(Σ_k (q_x,k − Z_x)(q_w,k − Z_w) + q_b),        M = S_x·S_w / S_y.
+
+Everything but M is integer arithmetic; the int32 sum in brackets is the *accumulator*. M is
+applied as an integer M0 and a shift, M ≈ M0·2^−shift with M0 ∈ [2^30, 2^31) (31 significant
+bits), exactly as gemmlowp (``fixedpoint.h``) and TFLite (``MultiplyByQuantizedMultiplier``) do:
+
+    MBQM(x, M0, shift) = RDBPOT(SRDHM(x·2^ls, M0), rs),   ls = max(31 − shift, 0),
+                                                          rs = max(shift − 31, 0)
+
+SRDHM(a, b) ("saturating rounding doubling high multiply") is round(a·b / 2^31) with gemmlowp's
+nudge; RDBPOT(x, e) ("rounding divide by power of two") is x / 2^e rounded half away from zero.
+TFLite's ``shift`` is 31 − ours (positive = left); ours is the n of M = M0·2^−n.
+
+Per-channel weights give one S_w, hence one M, per output channel: every function here takes
+tensors of (M0, shift) that broadcast against the accumulator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+INT32_MIN = -(1 << 31)
+INT32_MAX = (1 << 31) - 1
+
+#: A right shift of 33 already maps every int32 to 0 or −1 exactly as any larger one does
+#: (|x| ≤ 2^31), so larger shifts are clamped to this value to keep int64 shifts well defined.
+_MAX_RIGHT_SHIFT = 40
+#: A left shift of 32 already saturates every non-zero int32; larger ones are clamped to it.
+_MAX_LEFT_SHIFT = 32
+
+
+# --------------------------------------------------------------------------- M -> (M0, shift)
+
+
+def _check_multiplier(m: object) -> float:
+    if isinstance(m, bool) or not isinstance(m, (int, float)):
+        raise TypeError(f"multiplier must be a real number, got {type(m).__name__}")
+    m = float(m)
+    if not math.isfinite(m) or m < 0:
+        raise ValueError(f"multiplier must be finite and >= 0, got {m!r}")
+    return m
+
+
+def quantize_multiplier(m: float) -> tuple[int, int]:
+    """(M0, shift) with M ≈ M0·2^−shift and M0 an int32 in [2^30, 2^31), for any M > 0.
+
+    With M = q·2^e, q ∈ [1/2, 1) (``frexp``): M0 = round(q·2^31) (half away from zero, as
+    TFLite's ``QuantizeMultiplier``), shift = 31 − e. When q·2^31 rounds up to 2^31, M0 is
+    halved to 2^30 and shift decreases by one. The relative error |M0·2^−shift − M|/M is at
+    most 2^−31. M ≥ 1 gives shift ≤ 30 (a left shift inside MBQM); M = 0 gives (0, 0).
+
+    Example: M = 0.0072474273418460 = 0.92767…·2^−7 → (1992157658, 38).
+    """
+    m = _check_multiplier(m)
+    if m == 0.0:
+        return 0, 0
+    q, e = math.frexp(m)
+    # q·2^31 < 2^31 and the + 0.5 are exact in float64 (53-bit significand).
+    m0 = math.floor(q * (1 << 31) + 0.5)
+    if m0 == 1 << 31:
+        m0 //= 2
+        e += 1
+    return m0, 31 - e
+
+
+def quantize_multipliers(m: Tensor) -> tuple[Tensor, Tensor]:
+    """`quantize_multiplier` elementwise (per output channel): int64 tensors (M0, shift)."""
+    if not isinstance(m, Tensor):
+        raise TypeError(f"multipliers must be a torch.Tensor, got {type(m).__name__}")
+    m64 = m.detach().to(torch.float64)
+    bad = ~torch.isfinite(m64) | (m64 < 0)
+    if bool(bad.any()):
+        raise ValueError(
+            f"multipliers must be finite and >= 0; got {m64[bad].flatten()[0].item()!r} "
+            f"({int(bad.sum())} bad of {m64.numel()})"
+        )
+    q, e = torch.frexp(m64)
+    m0 = torch.floor(q * float(1 << 31) + 0.5).to(torch.int64)
+    e = e.to(torch.int64)
+    up = m0 == (1 << 31)
+    m0 = torch.where(up, m0 // 2, m0)
+    e = torch.where(up, e + 1, e)
+    shift = torch.where(m64 == 0, torch.zeros_like(e), 31 - e)
+    return m0, shift
+
+
+def multiplier_error_table(
+    m: float,
+    frac_bits: tuple[int, ...] | range = range(8, 41),
+    m0_bits: tuple[int, ...] = (8, 16, 24, 31),
+) -> list[dict[str, float | int | str]]:
+    """How well M0·2^−n approximates M, against n and against the bits kept in M0.
+
+    Rows with ``kind="frac_bits"``: n fractional bits, M0 = round(M·2^n) (M0 grows with n).
+    Rows with ``kind="m0_bits"``: M0 normalised to b bits, M0 ∈ [2^(b−1), 2^b), n chosen to fit
+    (b = 31 is `quantize_multiplier`). Each row: kind, bits, m0, shift (= n), approx = M0·2^−n,
+    abs_error = |approx − M|, rel_error = abs_error / M. |approx − M| ≤ 2^−(n+1) by rounding.
+    """
+    m = _check_multiplier(m)
+    if m == 0.0:
+        raise ValueError("multiplier_error_table needs M > 0")
+    rows: list[dict[str, float | int | str]] = []
+
+    def row(kind: str, bits: int, m0: int, n: int) -> dict[str, float | int | str]:
+        approx = math.ldexp(m0, -n)
+        err = abs(approx - m)
+        return {"kind": kind, "bits": bits, "m0": m0, "shift": n, "approx": approx,
+                "abs_error": err, "rel_error": err / m}  # fmt: skip
+
+    for n in frac_bits:
+        rows.append(row("frac_bits", n, math.floor(math.ldexp(m, n) + 0.5), n))
+    q, e = math.frexp(m)
+    for b in m0_bits:
+        if not 1 <= b <= 52:
+            raise ValueError(f"m0_bits entries must be in 1..52, got {b}")
+        m0, ee = math.floor(math.ldexp(q, b) + 0.5), e
+        if m0 == 1 << b:
+            m0, ee = m0 // 2, e + 1
+        rows.append(row("m0_bits", b, m0, b - ee))
+    return rows
+
+
+# --------------------------------------------------------------------------- gemmlowp primitives
+
+
+def _as_int_tensor(x: Tensor | int, what: str) -> Tensor:
+    if isinstance(x, bool):
+        raise TypeError(f"{what} must be an integer tensor or int, got bool")
+    if isinstance(x, int):
+        return torch.tensor(x, dtype=torch.int64)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor or int, got {type(x).__name__}")
+    if x.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{what} must have dtype int32 or int64, got {x.dtype}")
+    return x
+
+
+def _check_int32_range(x: Tensor, what: str) -> None:
+    if x.dtype == torch.int64 and x.numel():
+        lo, hi = torch.aminmax(x)
+        if int(lo) < INT32_MIN or int(hi) > INT32_MAX:
+            raise ValueError(
+                f"{what} must hold int32 values in [{INT32_MIN}, {INT32_MAX}], got range "
+                f"[{int(lo)}, {int(hi)}]"
+            )
+
+
+def _result_dtype(*originals: object) -> torch.dtype:
+    """int32 when every tensor argument is int32, else int64 (plain ints do not count)."""
+    tensors = [x for x in originals if isinstance(x, Tensor)]
+    if tensors and all(x.dtype == torch.int32 for x in tensors):
+        return torch.int32
+    return torch.int64
+
+
+def saturating_rounding_doubling_high_mul(a: Tensor | int, b: Tensor | int) -> Tensor:
+    """gemmlowp's SaturatingRoundingDoublingHighMul on int32 values: ≈ round(a·b / 2^31).
+
+        ab = a·b (int64);  nudge = 2^30 if ab ≥ 0 else 1 − 2^30
+        result = (ab + nudge) / 2^31, the division truncating toward zero (C++ semantics),
+    except a = b = INT32_MIN (the only overflow), which saturates to INT32_MAX. Inputs are
+    int32 or int64 tensors (or ints) holding int32 values, broadcast together; the result is
+    int32 unless an input tensor is int64.
+    """
+    at, bt = _as_int_tensor(a, "a"), _as_int_tensor(b, "b")
+    _check_int32_range(at, "a")
+    _check_int32_range(bt, "b")
+    a64, b64 = at.to(torch.int64), bt.to(torch.int64)
+    ab = a64 * b64
+    nudge = torch.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    high = torch.div(ab + nudge, 1 << 31, rounding_mode="trunc")
+    overflow = (a64 == INT32_MIN) & (b64 == INT32_MIN)
+    return torch.where(overflow, INT32_MAX, high).to(_result_dtype(a, b))
+
+
+def rounding_divide_by_pot(x: Tensor | int, exponent: Tensor | int) -> Tensor:
+    """gemmlowp's RoundingDivideByPOT: x / 2^exponent rounded to nearest, ties away from zero.
+
+        mask = 2^e − 1;  remainder = x & mask;  threshold = (mask >> 1) + (1 if x < 0 else 0)
+        result = (x >> e) + (1 if remainder > threshold else 0)
+    ``exponent`` is an int or a tensor broadcasting against ``x`` (per element / per channel),
+    in 0..62 (gemmlowp asserts ≤ 31; larger values continue the same rounding). ``x`` holds
+    int32 values (int32 or int64 tensor).
+    """
+    xt, et = _as_int_tensor(x, "x"), _as_int_tensor(exponent, "exponent")
+    _check_int32_range(xt, "x")
+    if et.numel() and (int(et.min()) < 0 or int(et.max()) > 62):
+        raise ValueError(f"exponent must be in 0..62, got range [{int(et.min())}, {int(et.max())}]")
+    x64, e64 = xt.to(torch.int64), et.to(torch.int64)
+    mask = (torch.ones_like(e64) << e64) - 1
+    remainder = x64 & mask
+    threshold = (mask >> 1) + (x64 < 0).to(torch.int64)
+    out = (x64 >> e64) + (remainder > threshold).to(torch.int64)
+    return out.to(_result_dtype(x))
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    """MBQM constants, precomputed once: scalars (per tensor) or broadcastable int64 tensors."""
+
+    m0: Tensor | int
+    left: Tensor | int  # ls, clamped to 0.._MAX_LEFT_SHIFT
+    right: Tensor | int  # rs, clamped to 0.._MAX_RIGHT_SHIFT
+    has_left: bool
+    all_right: bool  # every rs > 0 (so the sign correction applies everywhere)
+    right_mask: Tensor | int  # −1 where rs > 0 else 0
+
+
+def _fixed(m0: Tensor, shift: Tensor) -> _Fixed:
+    left = (31 - shift).clamp(0, _MAX_LEFT_SHIFT)
+    right = (shift - 31).clamp(0, _MAX_RIGHT_SHIFT)
+    has_left, all_right = bool((left > 0).any()), bool((right > 0).all())
+    if m0.dim() == 0:
+        return _Fixed(int(m0), int(left), int(right), has_left, all_right, -int(all_right))
+    return _Fixed(m0, left, right, has_left, all_right, -(right > 0).to(torch.int64))
+
+
+def _fixed_view(f: _Fixed, view: list[int]) -> _Fixed:
+    """`_Fixed` with its per-channel tensors reshaped to broadcast as ``view``."""
+
+    def v(x: Tensor | int) -> Tensor | int:
+        return x.reshape(view) if isinstance(x, Tensor) else x
+
+    return _Fixed(v(f.m0), v(f.left), v(f.right), f.has_left, f.all_right, v(f.right_mask))
+
+
+def _mbqm_(t: Tensor, f: _Fixed, zero_point: int = 0) -> Tensor:
+    """In place on an int64 tensor of int32 values: Z + MBQM(t), fused into seven integer ops.
+
+    Let a = sat32(t·2^ls). Because M0 ≥ 0, SRDHM(a, M0) never saturates, and for ab = a·M0 the
+    truncating division of gemmlowp equals a floor: for ab ≥ 0, (ab + 2^30) / 2^31 truncates
+    like ⌊(ab + 2^30)/2^31⌋; for ab < 0, trunc(v/2^31) = ⌊(v + 2^31 − 1)/2^31⌋ with
+    v = ab + 1 − 2^30, which is again ⌊(ab + 2^30)/2^31⌋. So h = (ab + 2^30) >> 31.
+    RDBPOT(h, rs) with rs ≥ 1 adds one exactly when remainder > 2^(rs−1) − 1 + [h < 0], i.e.
+    it is ⌊(h + 2^(rs−1) − [h < 0]) / 2^rs⌋; with rs = 0 it is h. Adding Z·2^rs inside the
+    floor adds Z outside it. Every intermediate stays below 2^63 in magnitude.
+    """
+    if f.has_left:
+        t.bitwise_left_shift_(f.left).clamp_(INT32_MIN, INT32_MAX)
+    t.mul_(f.m0).add_(1 << 30).bitwise_right_shift_(31)
+    sign = t >> 63  # −1 where h < 0, else 0
+    if not f.all_right:
+        sign.bitwise_and_(f.right_mask)
+    rs = f.right
+    pow2 = 1 << rs if isinstance(rs, int) else torch.ones_like(rs) << rs
+    return t.add_(sign).add_((pow2 >> 1) + zero_point * pow2).bitwise_right_shift_(rs)
+
+
+def _check_m0_shift(m0: Tensor, shift: Tensor) -> None:
+    if m0.numel() and (int(m0.min()) < 0 or int(m0.max()) > INT32_MAX):
+        raise ValueError(f"m0 must be in [0, 2^31), got range [{int(m0.min())}, {int(m0.max())}]")
+    if shift.numel() and (int(shift.min()) < -64 or int(shift.max()) > 128):
+        raise ValueError(f"shift must be in −64..128, got [{int(shift.min())}, {int(shift.max())}]")
+
+
+def multiply_by_quantized_multiplier(
+    x: Tensor | int, m0: Tensor | int, shift: Tensor | int
+) -> Tensor:
+    """TFLite's MultiplyByQuantizedMultiplier: RDBPOT(SRDHM(x·2^ls, M0), rs) ≈ round(x·M0·2^−shift).
+
+    ls = max(31 − shift, 0), rs = max(shift − 31, 0). ``x`` holds int32 values; ``m0`` in
+    [0, 2^31) and ``shift`` broadcast against it (per channel). TFLite computes x·2^ls in int32,
+    which is undefined on overflow; here it saturates to the int32 range instead. Result dtype
+    as `saturating_rounding_doubling_high_mul`.
+    """
+    xt = _as_int_tensor(x, "x")
+    m0t, st = _as_int_tensor(m0, "m0").to(torch.int64), _as_int_tensor(shift, "shift")
+    _check_int32_range(xt, "x")
+    _check_m0_shift(m0t, st.to(torch.int64))
+    m0b, sb = torch.broadcast_tensors(m0t, st.to(torch.int64))
+    out = xt.to(torch.int64, copy=True)
+    out = out.expand(torch.broadcast_shapes(out.shape, m0b.shape)).clone()
+    return _mbqm_(out, _fixed(m0b, sb)).to(_result_dtype(x))
+
+
+# --------------------------------------------------------------------------- output stage
+
+
+_DTYPE_RANGE: dict[torch.dtype, tuple[int, int]] = {
+    torch.uint8: (0, 255),
+    torch.int8: (-128, 127),
+    torch.int16: (-(1 << 15), (1 << 15) - 1),
+    torch.int32: (INT32_MIN, INT32_MAX),
+}
+
+
+def dtype_range(dtype: torch.dtype) -> tuple[int, int]:
+    """(min, max) of an integer container dtype the engine accepts."""
+    if dtype not in _DTYPE_RANGE:
+        raise TypeError(f"expected one of {sorted(map(str, _DTYPE_RANGE))}, got dtype {dtype}")
+    return _DTYPE_RANGE[dtype]
+
+
+def activation_range(
+    activation: str | None, scale: float, zero_point: int, dtype: torch.dtype = torch.uint8
+) -> tuple[int, int]:
+    """(qmin, qmax) of an output clamp that fuses ``activation`` (TFLite's activation range).
+
+    None: the dtype's range; "relu": [max(Z, min), max]; "relu6": [max(Z, min),
+    min(Z + round(6/S), max)], round half away from zero. A fused ReLU is only a narrower clamp.
+    """
+    lo, hi = dtype_range(dtype)
+    if activation is None:
+        return lo, hi
+    if activation not in ("relu", "relu6"):
+        raise ValueError(f"activation must be None, 'relu' or 'relu6', got {activation!r}")
+    lo = max(lo, int(zero_point))
+    if activation == "relu6":
+        hi = min(hi, int(zero_point) + math.floor(6.0 / float(scale) + 0.5))
+    return lo, hi
+
+
+@dataclass(frozen=True, eq=False)
+class Requantizer:
+    """The output stage: q_y = clamp(Z_y + MBQM(acc, M0, shift), qmin, qmax), cast to ``dtype``.
+
+    ``m0``/``shift`` are int64 tensors of shape () (per tensor) or (C,) (per output channel);
+    ``qmin``/``qmax`` default to the range of ``dtype`` and narrow it for a fused ReLU/ReLU6
+    (see `activation_range`). Build it from real multipliers with `from_multiplier` or
+    `from_scales`; call it on int32 accumulators.
+    """
+
+    m0: Tensor
+    shift: Tensor
+    zero_point: int = 0
+    dtype: torch.dtype = torch.uint8
+    qmin: int | None = None
+    qmax: int | None = None
+    _fixed: _Fixed = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        m0 = _as_int_tensor(self.m0, "m0").to(torch.int64)
+        shift = _as_int_tensor(self.shift, "shift").to(torch.int64)
+        if m0.shape != shift.shape or m0.dim() > 1:
+            raise ValueError(
+                f"m0 and shift must share a shape () or (C,), got {tuple(m0.shape)} and "
+                f"{tuple(shift.shape)}"
+            )
+        _check_m0_shift(m0, shift)
+        lo, hi = dtype_range(self.dtype)
+        qmin = lo if self.qmin is None else int(self.qmin)
+        qmax = hi if self.qmax is None else int(self.qmax)
+        if not lo <= qmin <= qmax <= hi:
+            raise ValueError(f"clamp [{qmin}, {qmax}] must lie inside {self.dtype}'s [{lo}, {hi}]")
+        if not lo <= int(self.zero_point) <= hi:
+            raise ValueError(f"zero point {self.zero_point} is outside {self.dtype}'s [{lo}, {hi}]")
+        for name, value in (("m0", m0), ("shift", shift), ("qmin", qmin), ("qmax", qmax)):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "zero_point", int(self.zero_point))
+        object.__setattr__(self, "_fixed", _fixed(m0, shift))
+
+    @classmethod
+    def from_multiplier(
+        cls,
+        multiplier: float | Tensor,
+        zero_point: int = 0,
+        dtype: torch.dtype = torch.uint8,
+        qmin: int | None = None,
+        qmax: int | None = None,
+    ) -> Requantizer:
+        """From the real multiplier(s) M: a float (per tensor) or a 1-D tensor (per channel)."""
+        if isinstance(multiplier, Tensor):
+            m0, shift = quantize_multipliers(
+                multiplier.reshape(-1) if multiplier.dim() else multiplier
+            )
+        else:
+            m0_i, shift_i = quantize_multiplier(multiplier)
+            m0, shift = torch.tensor(m0_i), torch.tensor(shift_i)
+        return cls(m0, shift, zero_point, dtype, qmin, qmax)
+
+    @classmethod
+    def from_scales(
+        cls,
+        input_scale: float,
+        weight_scale: float | Tensor,
+        output_scale: float,
+        zero_point: int = 0,
+        dtype: torch.dtype = torch.uint8,
+        activation: str | None = None,
+    ) -> Requantizer:
+        """M = S_x·S_w / S_y computed in float64 (S_w per channel if a 1-D tensor)."""
+        for name, s in (("input_scale", input_scale), ("output_scale", output_scale)):
+            if not float(s) > 0 or not math.isfinite(float(s)):
+                raise ValueError(f"{name} must be finite and > 0, got {s!r}")
+        if isinstance(weight_scale, Tensor):
+            m: float | Tensor = (
+                weight_scale.to(torch.float64) * float(input_scale) / float(output_scale)
+            )
+        else:
+            m = float(input_scale) * float(weight_scale) / float(output_scale)
+        lo, hi = activation_range(activation, float(output_scale), zero_point, dtype)
+        return cls.from_multiplier(m, zero_point, dtype, lo, hi)
+
+    @property
+    def channels(self) -> int | None:
+        """Number of per-channel multipliers, None per tensor."""
+        return None if self.m0.dim() == 0 else self.m0.numel()
+
+    def clamped(self, qmin: int, qmax: int) -> Requantizer:
+        """The same multipliers with the clamp narrowed to [qmin, qmax] (e.g. a fused ReLU)."""
+        return Requantizer(self.m0, self.shift, self.zero_point, self.dtype, qmin, qmax)
+
+    def __call__(self, acc: Tensor, channel_axis: int = -1) -> Tensor:
+        """Requantize int32 accumulators; per-channel multipliers run along ``channel_axis``."""
+        if not isinstance(acc, Tensor) or acc.dtype not in (torch.int32, torch.int64):
+            got = acc.dtype if isinstance(acc, Tensor) else type(acc).__name__
+            raise TypeError(f"accumulator must be an int32 (or int64) tensor, got {got}")
+        _check_int32_range(acc, "accumulator")
+        return self.apply_(acc.to(torch.int64, copy=True), channel_axis)
+
+    def apply_(self, acc: Tensor, channel_axis: int = -1) -> Tensor:
+        """`__call__` for a trusted int64 tensor of int32 values, which it overwrites (no checks)."""
+        f = self._fixed
+        if self.m0.dim():
+            axis = channel_axis % acc.dim() if acc.dim() else 0
+            if acc.dim() == 0 or acc.shape[axis] != self.m0.numel():
+                raise ValueError(
+                    f"{self.m0.numel()} per-channel multipliers do not match axis {channel_axis} "
+                    f"of the accumulator shape {tuple(acc.shape)}"
+                )
+            view = [1] * acc.dim()
+            view[axis] = -1
+            f = _fixed_view(f, view)
+        out = _mbqm_(acc, f, self.zero_point)
+        return out.clamp_(self.qmin, self.qmax).to(self.dtype)

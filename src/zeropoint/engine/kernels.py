@@ -1,0 +1,255 @@
+"""Integer GEMM kernels: an exact int8×int8→int32 matrix product on float BLAS, and linear.
+
+The layer (see `fixedpoint`): q_y = Z_y + M·(Σ_k (q_x,k − Z_x)·q_w,k + q_b), weights symmetric
+(Z_w = 0). Following gemmlowp, the sum is split into one GEMM on centred inputs and a constant:
+
+    Σ_k (q_x,k − Z_x)·q_w[n,k] = Σ_k a_k·q_w[n,k] + (c − Z_x)·Σ_k q_w[n,k],   a_k = q_x,k − c
+
+with c = 128 for uint8 inputs and c = 0 for int8, so that |a_k| ≤ 128. The second term and the
+bias q_b form one per-channel integer ``offset[n]`` (the column sums Σ_k q_w[n,k] are computed
+once by `prepare_linear`): the hot loop is a single int8×int8 product.
+
+Why float BLAS, and why it is exact. ``torch._int_mm`` on CPU is a naive loop (~50× slower than
+fp32 BLAS), so the product runs as an fp32 GEMM on integer-valued floats. Every product a_k·w_k
+is an integer with |a_k·w_k| ≤ 128·128 = 2^14, exactly representable. Whatever order and
+blocking the BLAS uses (with or without FMA), each intermediate value is a partial sum of a
+subset of these products (plus, with ``addmm``, the offset), an integer bounded in magnitude by
+B_n = 128·Σ_k |q_w[n,k]| (+ |offset[n]|). If B_n < 2^24 every such integer is representable
+in fp32, so every addition is exact and the GEMM returns the exact integer sum. `prepare_linear`
+knows Σ_k |q_w[n,k]| per output channel and splits K into chunks only where a channel's bound
+would reach 2^24 (one chunk for K up to ~1000 with worst-case |q_w| = 127, and for K of several
+thousand with real weights); chunk results are converted to int64 and added exactly. With more
+than `MAX_CHUNKS` chunks, or inputs wider than 8 bits, the GEMM runs in float64, exact while the
+bound stays below 2^53. fp32 GEMMs only run when fp32 matmul precision is strict IEEE
+(`fp32_is_strict`): TF32/bf16 modes may round or accumulate differently, so they fall back to
+float64, which they never touch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from zeropoint.engine.fixedpoint import INT32_MAX, INT32_MIN, Requantizer, dtype_range
+
+#: Integers of magnitude below these are exact in float32 / float64.
+F32_EXACT = 1 << 24
+F64_EXACT = 1 << 53
+#: Beyond this many fp32 chunks a float64 GEMM (about half the speed of one fp32 GEMM) is cheaper.
+MAX_CHUNKS = 4
+#: Activation dtypes the engine accepts, with the centre c subtracted before the GEMM.
+ACTIVATION_CENTRE: dict[torch.dtype, int] = {torch.uint8: 128, torch.int8: 0, torch.int16: 0}
+
+
+def fp32_is_strict() -> bool:
+    """True when fp32 matmul and oneDNN convolution compute in IEEE fp32 (no TF32/bf16)."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    mkldnn = torch.backends.mkldnn
+    for part in ("matmul", "conv"):
+        backend = getattr(mkldnn, part, None)
+        if getattr(backend, "fp32_precision", "none") not in ("none", "ieee"):
+            return False
+    return os.environ.get("ONEDNN_DEFAULT_FPMATH_MODE", "strict").lower() in ("strict", "")
+
+
+def activation_bound(dtype: torch.dtype) -> int:
+    """max |q − c| over the dtype's range, c = `ACTIVATION_CENTRE` (128 for 8-bit inputs)."""
+    lo, hi = dtype_range(dtype)
+    c = ACTIVATION_CENTRE[dtype]
+    return max(c - lo, hi - c)
+
+
+def check_activation(q_x: object, zero_point: int, what: str = "q_x") -> Tensor:
+    """Raise TypeError unless ``q_x`` is a uint8/int8/int16 tensor, ValueError for a bad Z."""
+    if not isinstance(q_x, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(q_x).__name__}")
+    if q_x.dtype not in ACTIVATION_CENTRE:
+        raise TypeError(f"{what} must be uint8, int8 or int16, got dtype {q_x.dtype}")
+    if isinstance(zero_point, bool) or not isinstance(zero_point, int):
+        raise TypeError(f"zero point of {what} must be an int, got {zero_point!r}")
+    lo, hi = dtype_range(q_x.dtype)
+    if not lo <= zero_point <= hi:
+        raise ValueError(f"zero point {zero_point} of {what} is outside {q_x.dtype}'s [{lo}, {hi}]")
+    return q_x
+
+
+# --------------------------------------------------------------------------- the exact GEMM
+
+
+@dataclass(frozen=True, eq=False)
+class GemmPlan:
+    """An int8 weight matrix W (N, K) prepared for `exact_matmul`.
+
+    ``weight_f32``: W as float32; ``col_sums[n]`` = Σ_k W[n,k] and ``abs_sums[n]`` = Σ_k |W[n,k]|
+    (int64); ``chunks``: ranges [k0, k1) of K with act_bound·Σ_{k0≤k<k1} |W[n,k]| < 2^24 for
+    every n, ``act_bound`` the largest |a| the plan was made for.
+    """
+
+    weight: Tensor
+    weight_f32: Tensor
+    col_sums: Tensor
+    abs_sums: Tensor
+    chunks: tuple[tuple[int, int], ...]
+    act_bound: int
+
+    @property
+    def max_abs_sum(self) -> int:
+        return int(self.abs_sums.max()) if self.abs_sums.numel() else 0
+
+
+def plan_gemm(q_w: Tensor, act_bound: int = 128) -> GemmPlan:
+    """Prepare W (N, K) int8: float copy, sums and the fp32 chunk plan for |a| ≤ ``act_bound``."""
+    if not isinstance(q_w, Tensor) or q_w.dtype != torch.int8:
+        got = q_w.dtype if isinstance(q_w, Tensor) else type(q_w).__name__
+        raise TypeError(f"weights must be an int8 tensor (symmetric, Z_w = 0), got {got}")
+    if q_w.dim() != 2:
+        raise ValueError(f"weights must have shape (N, K), got {tuple(q_w.shape)}")
+    w64 = q_w.to(torch.int64)
+    absw = w64.abs()
+    abs_sums = absw.sum(1)
+    limit = (F32_EXACT - 1) // act_bound  # Σ|w| ≤ limit  ⇒  act_bound·Σ|w| < 2^24
+    n_out, k_total = q_w.shape
+    chunks: list[tuple[int, int]] = []
+    if n_out == 0 or int(abs_sums.max()) <= limit:
+        chunks.append((0, k_total))
+    else:
+        prefix = torch.nn.functional.pad(absw.cumsum(1), (1, 0))  # (N, K + 1)
+        k0 = 0
+        while k0 < k_total:
+            # largest k1 with max_n Σ_{k0≤k<k1} |w[n,k]| ≤ limit (one column always fits: 127·128 < 2^24)
+            reach = (prefix[:, k0 + 1 :] - prefix[:, k0 : k0 + 1]).amax(0)
+            k1 = k0 + int(torch.searchsorted(reach, limit, right=True))
+            chunks.append((k0, k1))
+            k0 = k1
+    return GemmPlan(q_w, q_w.to(torch.float32), w64.sum(1), abs_sums, tuple(chunks), act_bound)
+
+
+def exact_matmul(a: Tensor, plan: GemmPlan, act_bound: int, offset: Tensor | None = None) -> Tensor:
+    """Σ_k a[m, k]·W[n, k] + offset[n], exactly, as an int64 (M, N) tensor.
+
+    ``a`` is a float32 (M, K) tensor of integers with |a| ≤ ``act_bound``; ``offset`` an int64
+    (N,) tensor. Exactness: see the module docstring — fp32 chunks whose bound is below 2^24,
+    else one float64 GEMM whose bound is checked against 2^53.
+    """
+    wt = plan.weight_f32.t()
+    bound = act_bound * plan.max_abs_sum
+    max_off = int(offset.abs().max()) if offset is not None and offset.numel() else 0
+    if act_bound <= plan.act_bound and len(plan.chunks) <= MAX_CHUNKS and fp32_is_strict():
+        if len(plan.chunks) == 1:
+            if offset is not None and bound + max_off < F32_EXACT:
+                return torch.addmm(offset.to(torch.float32), a, wt).to(torch.int64)
+            acc = torch.mm(a, wt).to(torch.int64)
+        else:
+            acc = torch.zeros(a.shape[0], wt.shape[1], dtype=torch.int64)
+            for k0, k1 in plan.chunks:
+                acc += torch.mm(a[:, k0:k1], wt[k0:k1]).to(torch.int64)
+        return acc if offset is None else acc.add_(offset)
+    if bound + max_off >= F64_EXACT:
+        raise ValueError(
+            f"exact GEMM impossible: act_bound·Σ|w| + |offset| = {bound + max_off} ≥ 2^53"
+        )
+    out = torch.mm(a.to(torch.float64), wt.to(torch.float64))
+    if offset is not None:
+        out += offset.to(torch.float64)
+    return out.to(torch.int64)
+
+
+def check_int32_accumulator(
+    acc: Tensor, act_max: int, max_abs_sum: int, max_abs_bias: int, k: int
+) -> None:
+    """Raise ValueError if an int32 accumulator could have overflowed (never wrap silently).
+
+    Static bound: |acc| ≤ max|q_x − Z_x|·max_n Σ_k |q_w[n,k]| + max|q_b| (≤ K·max|q_x − Z_x|·
+    max|q_w| + max|q_b|). Only when it reaches 2^31 are the exact int64 values inspected.
+    """
+    bound = act_max * max_abs_sum + max_abs_bias
+    if bound <= INT32_MAX or acc.numel() == 0:
+        return
+    lo, hi = torch.aminmax(acc)
+    if int(lo) < INT32_MIN or int(hi) > INT32_MAX:
+        raise ValueError(
+            f"int32 accumulator overflow: reduction length K={k}, max|q_x − Z_x|={act_max}, "
+            f"max Σ|q_w|={max_abs_sum}, max|bias|={max_abs_bias} allow |acc| up to {bound} and "
+            f"the accumulator reached [{int(lo)}, {int(hi)}], outside int32 "
+            f"[{INT32_MIN}, {INT32_MAX}]; use fewer activation bits or split the reduction"
+        )
+
+
+def bias_int64(bias_q: Tensor | None, n_out: int) -> Tensor:
+    if bias_q is None:
+        return torch.zeros(n_out, dtype=torch.int64)
+    if not isinstance(bias_q, Tensor) or bias_q.dtype != torch.int32:
+        got = bias_q.dtype if isinstance(bias_q, Tensor) else type(bias_q).__name__
+        raise TypeError(f"bias must be an int32 tensor (scale S_x·S_w, Z = 0), got {got}")
+    if tuple(bias_q.shape) != (n_out,):
+        raise ValueError(f"bias shape must be ({n_out},), got {tuple(bias_q.shape)}")
+    return bias_q.to(torch.int64)
+
+
+# --------------------------------------------------------------------------- linear
+
+
+@dataclass(frozen=True, eq=False)
+class LinearWeights:
+    """int8 weights (N, K) and int32 bias (N,) prepared once for `linear` (see `GemmPlan`)."""
+
+    plan: GemmPlan
+    bias: Tensor  # int64 (N,)
+    max_abs_bias: int
+
+    @property
+    def in_features(self) -> int:
+        return int(self.plan.weight.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.plan.weight.shape[0])
+
+
+def prepare_linear(q_w: Tensor, bias_q: Tensor | None = None) -> LinearWeights:
+    """Precompute everything `linear` needs from int8 weights (N, K) and an int32 bias (N,)."""
+    plan = plan_gemm(q_w)
+    bias = bias_int64(bias_q, plan.weight.shape[0])
+    return LinearWeights(plan, bias, int(bias.abs().max()) if bias.numel() else 0)
+
+
+def _linear_acc64(q_x: Tensor, x_zero_point: int, weights: LinearWeights) -> Tensor:
+    check_activation(q_x, x_zero_point)
+    k = weights.in_features
+    if q_x.dim() < 1 or q_x.shape[-1] != k:
+        raise ValueError(f"q_x must have shape (..., {k}), got {tuple(q_x.shape)}")
+    c = ACTIVATION_CENTRE[q_x.dtype]
+    a = q_x.reshape(-1, k).to(torch.float32)
+    if c:
+        a.sub_(c)
+    offset = weights.bias + (c - x_zero_point) * weights.plan.col_sums
+    acc = exact_matmul(a, weights.plan, activation_bound(q_x.dtype), offset)
+    lo, hi = dtype_range(q_x.dtype)
+    act_max = max(x_zero_point - lo, hi - x_zero_point)
+    check_int32_accumulator(acc, act_max, weights.plan.max_abs_sum, weights.max_abs_bias, k)
+    return acc.reshape(*q_x.shape[:-1], weights.out_features)
+
+
+def linear_acc(q_x: Tensor, x_zero_point: int, weights: LinearWeights) -> Tensor:
+    """The int32 accumulator Σ_k (q_x[..., k] − Z_x)·q_w[n, k] + q_b[n], shape (..., N).
+
+    Raises ValueError if it does not fit int32 (see `check_int32_accumulator`).
+    """
+    return _linear_acc64(q_x, x_zero_point, weights).to(torch.int32)
+
+
+def linear(q_x: Tensor, x_zero_point: int, weights: LinearWeights, requant: Requantizer) -> Tensor:
+    """Quantized linear: q_y = clamp(Z_y + MBQM(acc, M0, shift), qmin, qmax), shape (..., N).
+
+    ``q_x``: uint8/int8 (or int16) activations (..., K) with zero point Z_x; ``requant`` holds
+    M = S_x·S_w/S_y per tensor or per output channel (last axis) and the output (Z_y, dtype).
+    """
+    if requant.channels not in (None, weights.out_features):
+        raise ValueError(
+            f"requantizer has {requant.channels} channels, the layer {weights.out_features}"
+        )
+    return requant.apply_(_linear_acc64(q_x, x_zero_point, weights), -1)

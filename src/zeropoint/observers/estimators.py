@@ -1,0 +1,207 @@
+"""Estimators: functions that turn a `Histogram` into a clip range (α, β) per row.
+
+Each takes the histogram and the scheme and returns float64 tensors (lo, hi) of shape (rows,).
+A range never extends beyond the data's own [min, max]; rows that saw only zeros give (0, 0).
+Adding a calibration method is adding one function here and one small observer class.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from zeropoint.functional import fake_quantize
+from zeropoint.qparams import Scheme, qparams_from_range
+
+if TYPE_CHECKING:
+    from zeropoint.observers.histogram import Histogram
+
+
+def _clip_to_data(hist: Histogram, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    lo = torch.maximum(lo, hist.lo)
+    hi = torch.minimum(hi, hist.hi)
+    ok = hist.has_range
+    return torch.where(ok, lo, torch.zeros_like(lo)), torch.where(ok, hi, torch.zeros_like(hi))
+
+
+def _interpolated_quantile(counts: Tensor, start: Tensor, width: Tensor, q: Tensor) -> Tensor:
+    """Per row, the position where the cumulative count reaches q·total, interpolating linearly
+    inside the bin (bins [start + j·w, start + (j+1)·w))."""
+    cdf = counts.cumsum(1)
+    total = cdf[:, -1:]
+    target = (q.unsqueeze(1) * total).clamp(min=0)
+    j = torch.searchsorted(cdf, target, right=False).clamp(max=counts.shape[1] - 1)
+    prev = torch.where(j > 0, cdf.gather(1, (j - 1).clamp(min=0)), torch.zeros_like(target))
+    in_bin = counts.gather(1, j).clamp(min=1e-300)
+    frac = ((target - prev) / in_bin).clamp(0.0, 1.0)
+    return (start.unsqueeze(1) + (j.to(torch.float64) + frac) * width.unsqueeze(1)).squeeze(1)
+
+
+def percentile_range(hist: Histogram, scheme: Scheme, percentile: float) -> tuple[Tensor, Tensor]:
+    """Symmetric schemes: t = the p-th percentile of |x|, range [−t, t]. Asymmetric schemes:
+    range [the (100 − p)-th percentile of x, the p-th percentile of x]."""
+    p = torch.full((hist.rows,), percentile / 100.0, dtype=torch.float64)
+    width = hist.bin_width
+    if scheme.symmetric:
+        t = _interpolated_quantile(hist.abs_counts(), torch.zeros_like(width), width, p)
+        return _clip_to_data(hist, -t, t)
+    start = -hist.radius
+    lo = _interpolated_quantile(hist.counts, start, width, 1.0 - p)
+    hi = _interpolated_quantile(hist.counts, start, width, p)
+    return _clip_to_data(hist, lo, hi)
+
+
+# ------------------------------------------------------------------------- entropy (KL)
+
+
+def _smooth(p: Tensor, inside: Tensor, n_inside: Tensor, eps: float = 1e-4) -> Tensor:
+    """Move mass ``eps`` onto every empty bin inside the support, taken evenly from the others
+    (onnxruntime's smooth_distribution), so that KL stays finite. Outside the support: 1."""
+    zeros = (p == 0) & inside
+    n_zero = zeros.sum(1, keepdim=True).to(p.dtype)
+    take = eps * n_zero / (n_inside - n_zero).clamp(min=1)
+    out = torch.where(zeros, torch.full_like(p, eps), p - take)
+    return torch.where(inside, out.clamp_(min=1e-12), torch.ones_like(p))
+
+
+def _kl_thresholds(h: Tensor, t: Tensor, num_q: int) -> Tensor:
+    """KL(P_t ‖ Q_t) for each candidate t (number of leading |x|-bins kept), vectorised."""
+    h = h[: int(t.max())]  # bins at or beyond every candidate only count as outliers
+    total = h.sum()
+    j = torch.arange(h.numel())
+    inside = j.unsqueeze(0) < t.unsqueeze(1)  # (T, H)
+    h_in = torch.where(inside, h.unsqueeze(0), torch.zeros((), dtype=h.dtype))
+    rows = torch.arange(t.numel())
+    p = h_in.clone()
+    p[rows, t - 1] += total - h_in.sum(1)  # the outliers, into the last kept bin
+    merged = (t // num_q).clamp(min=1)
+    group = torch.clamp(j.unsqueeze(0) // merged.unsqueeze(1), max=num_q - 1)
+    nonzero = h_in > 0
+    q_sum = torch.zeros(t.numel(), num_q, dtype=h.dtype).scatter_add_(1, group, h_in)
+    q_cnt = torch.zeros(t.numel(), num_q, dtype=h.dtype).scatter_add_(1, group, nonzero.to(h.dtype))
+    q = torch.where(nonzero, q_sum.gather(1, group) / q_cnt.gather(1, group).clamp(min=1), 0.0)
+    n_inside = t.unsqueeze(1).to(h.dtype)
+    p = _smooth(p / total, inside, n_inside)
+    q = _smooth(q / q.sum(1, keepdim=True).clamp(min=1e-300), inside, n_inside)
+    return (p * torch.log(p / q)).sum(1)
+
+
+def entropy_threshold_bins(h: Tensor, num_q: int, chunk: int = 256) -> int:
+    """The number of |x|-bins t ≥ num_q that minimises KL(P_t ‖ Q_t) (TensorRT's algorithm):
+    P_t is the first t bins with all outliers added to the last, Q_t merges those t bins into
+    num_q quantization bins and spreads each back evenly over its non-empty bins."""
+    nonzero = (h > 0).nonzero()
+    if nonzero.numel() == 0:
+        return 0
+    last = int(nonzero[-1]) + 1
+    if last <= num_q:
+        return last
+    h = h[:last]
+    candidates = torch.arange(num_q, last + 1)
+    best_kl, best_t = float("inf"), last
+    for start in range(0, candidates.numel(), chunk):
+        t = candidates[start : start + chunk]
+        kl = _kl_thresholds(h, t, num_q)
+        i = int(torch.argmin(kl))
+        if float(kl[i]) < best_kl:
+            best_kl, best_t = float(kl[i]), int(t[i])
+    return best_t
+
+
+def entropy_range(hist: Histogram, scheme: Scheme) -> tuple[Tensor, Tensor]:
+    """Clip |x| at the KL-optimal threshold T (Migacz 2017); range [−T, T] ∩ [min, max].
+
+    Levels available on [0, T]: qmax for signed symmetric formats (128 for int8, as TensorRT);
+    all qmax − qmin of them when the data is one-sided and the scheme can place Z at an end."""
+    abs_counts = hist.abs_counts()
+    width = hist.bin_width
+    one_sided = (hist.lo >= 0) | (hist.hi <= 0)
+    t = torch.zeros(hist.rows, dtype=torch.float64)
+    for row in range(hist.rows):
+        if not bool(hist.has_range[row]):
+            continue
+        full = scheme.qmax - scheme.qmin
+        num_q = full if bool(one_sided[row]) and not scheme.symmetric else (full + 1) // 2
+        t[row] = entropy_threshold_bins(abs_counts[row], max(num_q, 1)) * width[row]
+    return _clip_to_data(hist, -t, t)
+
+
+# ------------------------------------------------------------------------- MSE
+
+
+def _bin_points(hist: Histogram, row: int, sub: int) -> tuple[Tensor, Tensor]:
+    """Midpoint-rule nodes of the non-empty bins of ``row`` (density uniform within a bin):
+    ``sub`` points per bin at the centres of equal sub-intervals, each carrying count/sub."""
+    counts = hist.counts[row]
+    idx = counts.nonzero().squeeze(1)
+    w = float(hist.bin_width[row])
+    left = -float(hist.radius[row]) + idx.to(torch.float64) * w
+    offsets = (torch.arange(sub, dtype=torch.float64) + 0.5) * (w / sub)
+    points = (left.unsqueeze(1) + offsets).reshape(-1)
+    weights = (counts[idx] / sub).repeat_interleave(sub)
+    # the end bins extend past the data: keep the nodes inside [min, max]
+    lo, hi = float(hist.lo[row]), float(hist.hi[row])
+    return points.clamp(lo, hi), weights
+
+
+def expected_sq_error(
+    points: Tensor, weights: Tensor, lo: Tensor, hi: Tensor, scheme: Scheme, chunk: int = 1 << 22
+) -> Tensor:
+    """Σ_p w_p (Q(x_p) − x_p)² for each candidate range [lo_k, hi_k] (vectorised over k), with Q
+    the scheme's own quantizer (`fake_quantize` with `qparams_from_range`)."""
+    per_cand = scheme.with_(axis=0, group_size=None)
+    x = points.to(torch.float32)
+    out = torch.empty(lo.numel(), dtype=torch.float64)
+    step = max(1, chunk // max(points.numel(), 1))
+    for s in range(0, lo.numel(), step):
+        sl = slice(s, s + step)
+        sub_qp = qparams_from_range(lo[sl], hi[sl], per_cand, (lo[sl].numel(), points.numel()))
+        xq = fake_quantize(x.expand(lo[sl].numel(), -1).contiguous(), sub_qp)
+        err = (xq.to(torch.float64) - points) ** 2
+        out[sl] = (err * weights).sum(1)
+    return out
+
+
+def _grid_argmin(values: Tensor, errors: Tensor) -> float:
+    return float(values[int(torch.argmin(errors))])
+
+
+def mse_range(
+    hist: Histogram, scheme: Scheme, grid: int = 100, refine: int = 41, sub: int = 8
+) -> tuple[Tensor, Tensor]:
+    """Range minimising E[(Q(x) − x)²] estimated on the histogram.
+
+    Search: shrink the data range by a factor a ∈ (0, 1] on a grid, then a finer grid around the
+    best a; for asymmetric schemes, then refine each end separately with the other fixed."""
+    lo_out = hist.lo.clone()
+    hi_out = hist.hi.clone()
+    for row in range(hist.rows):
+        if not bool(hist.has_range[row]):
+            continue
+        points, weights = _bin_points(hist, row, sub)
+        lo0, hi0 = float(hist.lo[row]), float(hist.hi[row])
+        if scheme.symmetric:
+            m = max(abs(lo0), abs(hi0))
+            lo0, hi0 = -m, m
+
+        def err(a: Tensor, b: Tensor, points: Tensor = points, weights: Tensor = weights) -> Tensor:
+            return expected_sq_error(points, weights, a, b, scheme)
+
+        alphas = torch.linspace(1.0 / grid, 1.0, grid, dtype=torch.float64)
+        a = _grid_argmin(alphas, err(alphas * lo0, alphas * hi0))
+        fine = torch.linspace(max(a - 1.0 / grid, 1e-4), min(a + 1.0 / grid, 1.0), refine)
+        fine = fine.to(torch.float64)
+        a = _grid_argmin(fine, err(fine * lo0, fine * hi0))
+        lo_best, hi_best = a * lo0, a * hi0
+        if not scheme.symmetric:
+            span = hi_best - lo_best
+            his = torch.linspace(hi_best - 0.05 * span, hi_best + 0.05 * span, refine)
+            his = his.to(torch.float64).clamp(min=0.0, max=max(hi0, 0.0))
+            hi_best = _grid_argmin(his, err(torch.full_like(his, lo_best), his))
+            los = torch.linspace(lo_best - 0.05 * span, lo_best + 0.05 * span, refine)
+            los = los.to(torch.float64).clamp(min=min(lo0, 0.0), max=0.0)
+            lo_best = _grid_argmin(los, err(los, torch.full_like(los, hi_best)))
+        lo_out[row], hi_out[row] = lo_best, hi_best
+    return _clip_to_data(hist, lo_out, hi_out)

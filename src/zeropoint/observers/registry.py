@@ -1,0 +1,42 @@
+"""Observers by name, and `calibrate`: one call from a tensor to its QParams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from zeropoint.observers.aciq import ACIQ
+from zeropoint.observers.base import Observer
+from zeropoint.observers.histogram import MSE, Entropy, Percentile
+from zeropoint.observers.minmax import MinMax, MovingAverageMinMax
+from zeropoint.qparams import QParams, Scheme
+
+OBSERVERS: dict[str, type[Observer]] = {
+    "minmax": MinMax,
+    "moving_average": MovingAverageMinMax,
+    "percentile": Percentile,
+    "entropy": Entropy,
+    "mse": MSE,
+    "aciq": ACIQ,
+}
+
+
+def make_observer(method: str, scheme: Scheme | None = None, **options: Any) -> Observer:
+    """A fresh observer for ``method`` (one of `OBSERVERS`) with its options."""
+    try:
+        cls = OBSERVERS[method]
+    except KeyError:
+        raise ValueError(
+            f"unknown calibration method {method!r}: expected one of {sorted(OBSERVERS)}"
+        ) from None
+    return cls(scheme, **options)
+
+
+def calibrate(
+    x: Tensor, scheme: Scheme | None = None, method: str = "minmax", **options: Any
+) -> QParams:
+    """QParams for ``x`` under ``scheme`` with the clip range chosen by ``method``."""
+    observer = make_observer(method, scheme, **options)
+    observer.update(x)
+    return observer.qparams()

@@ -1,0 +1,240 @@
+"""Calibration observers: exact against torch.ao and numpy where a reference exists; better than
+min-max on outlier data; streaming and mergeable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import zeropoint as zp
+from zeropoint.observers import (
+    ACIQ,
+    MSE,
+    OBSERVERS,
+    Entropy,
+    Histogram,
+    MinMax,
+    MovingAverageMinMax,
+    Percentile,
+    gauss_clip_ratio,
+    laplace_clip_ratio,
+    make_observer,
+)
+from zeropoint.qparams import Scheme
+
+
+def _outlier_data(dist: str, n: int = 1_000_000, seed: int = 0) -> torch.Tensor:
+    """Unit Gaussian or Laplace samples with two far outliers (2 in 10^6, at ±80)."""
+    g = torch.Generator().manual_seed(seed)
+    if dist == "gauss":
+        x = torch.randn(n, generator=g)
+    else:
+        u = torch.rand(n, generator=g, dtype=torch.float64) - 0.5
+        x = (-torch.sign(u) * torch.log1p(-2 * u.abs())).float()  # Laplace(0, 1) by inversion
+    x[0], x[1] = 80.0, -75.0
+    return x
+
+
+def _mse(x: torch.Tensor, qp: zp.QParams) -> float:
+    return float(((zp.fake_quantize(x, qp).double() - x.double()) ** 2).mean())
+
+
+# --------------------------------------------------------------------------- min-max
+
+
+def test_minmax_and_moving_average_match_torch_ao() -> None:
+    from torch.ao.quantization.observer import (
+        MovingAverageMinMaxObserver,
+        PerChannelMinMaxObserver,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(8, 4, 5, generator=g) * (i + 1) for i in range(5)]
+    ours = MovingAverageMinMax(Scheme(signed=False), averaging_constant=0.1)
+    ref = MovingAverageMinMaxObserver(averaging_constant=0.1, dtype=torch.quint8)
+    per_channel = MinMax(Scheme(symmetric=True, axis=1))
+    ref_c = PerChannelMinMaxObserver(
+        ch_axis=1, dtype=torch.qint8, qscheme=torch.per_channel_symmetric
+    )
+    for b in batches:
+        ours.update(b)
+        ref(b)
+        per_channel.update(b)
+        ref_c(b)
+    s, z = ref.calculate_qparams()
+    assert ours.qparams().scale.item() == pytest.approx(s.item(), rel=1e-6)
+    assert int(ours.qparams().zero_point) == int(z)
+    s_c, _ = ref_c.calculate_qparams()
+    torch.testing.assert_close(per_channel.qparams().scale, s_c.float(), rtol=1e-6, atol=0)
+
+
+# --------------------------------------------------------------------------- histogram
+
+
+def test_histogram_counts_equal_numpy_at_the_final_range() -> None:
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(10_000, generator=g) * s for s in (0.1, 1.0, 3.0)]
+    hist = Histogram(1, bins=1024)
+    for b in batches:
+        hist.add(b.reshape(1, -1))
+    data = torch.cat(batches).double().numpy()
+    r = float(hist.radius[0])
+    assert r > np.abs(data).max() >= r / 2  # smallest power of two above max|x|
+    ref, _ = np.histogram(data, bins=1024, range=(-r, r))
+    assert np.array_equal(hist.counts[0].numpy(), ref)
+
+
+@pytest.mark.parametrize("method", sorted(set(OBSERVERS) - {"moving_average"}))
+@pytest.mark.parametrize(
+    "scheme", [Scheme(bits=8), Scheme(bits=4, symmetric=True, axis=0)], ids=str
+)
+def test_merge_of_halves_equals_one_observer_fed_everything(method: str, scheme: Scheme) -> None:
+    g = torch.Generator().manual_seed(2)
+    first = torch.randn(3, 5000, generator=g) * torch.tensor([[0.5], [2.0], [7.0]])
+    second = torch.randn(3, 3000, generator=g) * 3
+    whole = make_observer(method, scheme)
+    whole.update(first)
+    whole.update(second)
+    a, b = make_observer(method, scheme), make_observer(method, scheme)
+    a.update(second)  # order and split differ from `whole`
+    b.update(first)
+    merged = a.merge(b)
+    # histograms and extremes merge exactly; moments are float64 sums (last-bit differences)
+    torch.testing.assert_close(merged.qparams().scale, whole.qparams().scale, rtol=1e-9, atol=0)
+    assert torch.equal(merged.qparams().zero_point, whole.qparams().zero_point)
+
+
+# --------------------------------------------------------------------------- estimators
+
+
+def test_percentile_matches_numpy_within_one_bin() -> None:
+    x = _outlier_data("laplace", 200_000)
+    for p in (99.0, 99.9, 99.99):
+        obs = Percentile(Scheme(symmetric=True), percentile=p)
+        obs.update(x)
+        _, hi = obs.range()
+        ref = np.percentile(x.abs().numpy(), p)
+        width = float(obs.hist.bin_width[0])  # type: ignore[union-attr]
+        assert abs(hi.item() - ref) <= width
+    asym = Percentile(Scheme(), percentile=99.9)
+    asym.update(x)
+    lo, hi = asym.range()
+    assert lo.item() == pytest.approx(np.percentile(x.numpy(), 0.1), abs=0.04)
+    assert hi.item() == pytest.approx(np.percentile(x.numpy(), 99.9), abs=0.04)
+
+
+def _tensorrt_kl_threshold(hist: np.ndarray, num_q: int) -> int:
+    """TensorRT's entropy calibration (Migacz 2017), written plainly: for every candidate number
+    of kept bins t, P = the first t bins with the outliers added to the last one, Q = those t
+    bins merged into num_q groups and spread evenly over each group's non-empty bins; return the
+    t of least KL(P ‖ Q) after onnxruntime's smoothing (ε = 1e-4)."""
+    from scipy.stats import entropy
+
+    def smooth(p: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+        zeros = p == 0
+        n_zero, n_nonzero = zeros.sum(), p.size - zeros.sum()
+        return p + eps * zeros - (eps * n_zero / n_nonzero) * ~zeros
+
+    last = int(np.nonzero(hist)[0][-1]) + 1
+    best_t, best_kl = last, np.inf
+    for t in range(num_q, last + 1):
+        sliced = hist[:t].astype(np.float64)
+        p = sliced.copy()
+        p[-1] += hist[t:].sum()
+        merged = t // num_q
+        q = np.zeros(t)
+        for k in range(num_q):
+            start = k * merged
+            stop = t if k == num_q - 1 else start + merged
+            nonzero = sliced[start:stop] != 0
+            if nonzero.sum():
+                q[start:stop] = sliced[start:stop].sum() / nonzero.sum() * nonzero
+        p = smooth(p / p.sum())
+        q = smooth(q / q.sum())
+        kl = entropy(p, q)
+        if kl < best_kl:
+            best_t, best_kl = t, kl
+    return best_t
+
+
+@pytest.mark.parametrize("dist", ["gauss", "laplace"])
+def test_entropy_threshold_equals_plain_tensorrt_algorithm(dist: str) -> None:
+    x = _outlier_data(dist, 100_000, seed=5)[2:]  # no outliers: a few hundred candidates
+    obs = Entropy(Scheme(bits=8, symmetric=True), bins=2048)
+    obs.update(x)
+    hist = obs.hist
+    assert hist is not None
+    t_ref = _tensorrt_kl_threshold(hist.abs_counts()[0].numpy(), num_q=128)
+    _, hi = obs.range()
+    assert hi.item() == pytest.approx(t_ref * float(hist.bin_width[0]), rel=1e-12)
+    assert 3.0 < hi.item() < x.abs().max().item()  # it does clip
+
+
+def test_mse_observer_is_within_one_percent_of_brute_force_optimum() -> None:
+    x = _outlier_data("gauss", 200_000, seed=3)
+    for bits in (4, 8):
+        scheme = Scheme(bits=bits, symmetric=True)
+        obs = MSE(scheme)
+        obs.update(x)
+        ours = _mse(x, obs.qparams())
+        clips = torch.linspace(0.5, 12, 576)  # brute force on the data, 0.02 steps
+        best = min(_mse(x, zp.qparams_from_range(-c, c, scheme)) for c in clips.tolist())
+        assert ours <= best * 1.01
+
+
+def test_aciq_clip_ratios_match_the_paper() -> None:
+    # Banner et al. 2019: α*/b for Laplace(b), bits 2..8
+    laplace = [2.83, 3.89, 5.03, 6.20, 7.41, 8.64, 9.89]
+    for bits, ref in zip(range(2, 9), laplace, strict=True):
+        assert laplace_clip_ratio(bits) == pytest.approx(ref, rel=0.01)
+    gauss = [1.71, 2.15, 2.55, 2.94, 3.29, 3.61, 3.92]
+    for bits, ref in zip(range(2, 9), gauss, strict=True):
+        assert gauss_clip_ratio(bits) == pytest.approx(ref, rel=0.01)
+
+
+def test_aciq_fits_laplace_scale() -> None:
+    x = _outlier_data("laplace", 500_000, seed=4)
+    obs = ACIQ(Scheme(bits=4, symmetric=True), distribution="laplace")
+    obs.update(x)
+    _, hi = obs.range()
+    # b = E|x| = 1 for Laplace(0, 1): the clip is 5.03·b
+    assert hi.item() == pytest.approx(5.03, rel=0.02)
+
+
+@pytest.mark.parametrize("dist", ["gauss", "laplace"])
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_clipping_methods_beat_minmax_on_outlier_data(
+    dist: str, bits: int, symmetric: bool
+) -> None:
+    x = _outlier_data(dist)
+    scheme = Scheme(bits=bits, symmetric=symmetric)
+    baseline = _mse(x, zp.calibrate(x, scheme, "minmax"))
+    for method in ("percentile", "entropy", "mse", "aciq"):
+        assert _mse(x, zp.calibrate(x, scheme, method)) < baseline, method
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_observer_errors_name_the_problem() -> None:
+    obs = MinMax(Scheme())
+    with pytest.raises(ValueError, match="seen no data"):
+        obs.qparams()
+    with pytest.raises(ValueError, match="empty"):
+        obs.update(torch.empty(0, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        obs.update(torch.tensor([1.0, float("nan")]))
+    with pytest.raises(ValueError, match="unknown calibration method"):
+        zp.calibrate(torch.randn(4), Scheme(), method="kl")
+    per_channel = Percentile(Scheme(axis=0))
+    per_channel.update(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="gives 5 slices"):
+        per_channel.update(torch.randn(5, 4))
+    with pytest.raises(TypeError, match="cannot merge"):
+        MinMax().merge(Entropy())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="percentile"):
+        Percentile(percentile=0)
+    with pytest.raises(ValueError, match="power of two"):
+        Histogram(1, bins=1000)
