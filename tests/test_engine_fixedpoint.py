@@ -62,6 +62,15 @@ def ref_mbqm(x: int, m0: int, shift: int) -> int:
     return ref_rdbpot(ref_srdhm(shifted, m0), right_shift)
 
 
+def ref_mbqm_single(x: int, m0: int, shift: int) -> int:
+    """TFLite MultiplyByQuantizedMultiplier under TFLITE_SINGLE_ROUNDING (total_shift = shift).
+
+    TFLite DCHECKs that the result fits int32; the engine saturates, so does this.
+    """
+    round_ = 1 << (shift - 1)
+    return min(max((x * m0 + round_) >> shift, INT32_MIN), INT32_MAX)
+
+
 def ref_quantize_multiplier(m: float) -> tuple[int, int]:
     """TFLite QuantizeMultiplier, exact with Fractions; returns (m0, 31 − tfl_shift)."""
     if m == 0:
@@ -189,6 +198,28 @@ def test_mbqm_matches_tflite_random_and_edges() -> None:
     assert got.tolist() == [ref_mbqm(*t) for t in zip(xs, m0s, shifts)]
 
 
+def test_mbqm_single_rounding_matches_tflite_and_rounds_once() -> None:
+    rng = random.Random(6)
+    xs = EDGES + random_int32(rng, 2000)
+    m0s = [rng.randint(1 << 30, INT32_MAX) for _ in xs]
+    shifts = [rng.randint(1, 80) for _ in xs]
+    got = multiply_by_quantized_multiplier(
+        torch.tensor(xs, dtype=torch.int32), torch.tensor(m0s), torch.tensor(shifts), "single"
+    )
+    assert got.tolist() == [ref_mbqm_single(*t) for t in zip(xs, m0s, shifts)]
+    # one rounding: |result − x·M| ≤ 1/2 everywhere, while gemmlowp's two can reach 1/2 + 2^−(rs+1)
+    for x, m0, sh, y in zip(xs, m0s, shifts, got.tolist()):
+        exact = Fraction(x * m0, 2**sh)
+        if INT32_MIN <= exact <= INT32_MAX:  # else saturated
+            assert abs(y - exact) <= Fraction(1, 2)
+    # the double-rounding case: x·M = −166.49…, SRDHM gives −5328 = −166.5·2^5, RDBPOT → −167
+    x, m0, sh = -9750, 1173455116, 36
+    assert int(multiply_by_quantized_multiplier(torch.tensor(x), m0, sh)) == -167
+    assert int(multiply_by_quantized_multiplier(torch.tensor(x), m0, sh, "single")) == -166
+    with pytest.raises(ValueError, match="shift >= 1"):
+        multiply_by_quantized_multiplier(torch.tensor([1]), 1 << 30, 0, "single")
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.integers(INT32_MIN, INT32_MAX),
@@ -200,7 +231,11 @@ def test_mbqm_property_close_to_real_product(x: int, log_m: float) -> None:
     assert got == ref_mbqm(x, m0, shift)
     exact = Fraction(x * m0) / Fraction(2) ** shift
     if INT32_MIN < exact * 2 < INT32_MAX:  # not saturated by the left shift
-        assert abs(got - exact) <= Fraction(1, 2) + Fraction(1, 2**30)  # one rounding (+ nudge)
+        # SRDHM rounds x·M0/2^31 to an integer (error ≤ 1/2 in units of 2^−rs of the result),
+        # RDBPOT rounds again: |error| ≤ 1/2 + 2^−(rs+1) < 1; a single rounding when rs = 0.
+        rs = max(shift - 31, 0)
+        bound = Fraction(1, 2) + (Fraction(1, 2 ** (rs + 1)) if rs else 0)
+        assert abs(got - exact) <= bound
 
 
 def test_primitives_validate_input() -> None:
@@ -248,6 +283,10 @@ def test_requantizer_per_tensor_and_fused_relu() -> None:
     got = r(torch.tensor(acc, dtype=torch.int32))
     assert got.dtype == torch.uint8
     assert got.tolist() == ref_requantize(acc, 1992157658, 38, 10, 0, 255)
+    single = Requantizer.from_multiplier(m, 10, torch.uint8, rounding="single")
+    assert single(torch.tensor(acc, dtype=torch.int32)).tolist() == [
+        min(max(10 + ref_mbqm_single(a, 1992157658, 38), 0), 255) for a in acc
+    ]
     relu = r.clamped(*activation_range("relu", 0.05, 10, torch.uint8))
     assert relu(torch.tensor(acc, dtype=torch.int32)).tolist() == ref_requantize(
         acc, 1992157658, 38, 10, 10, 255
@@ -267,6 +306,34 @@ def test_requantizer_per_channel_along_axis() -> None:
         assert got[:, c].flatten().tolist() == expect
     with pytest.raises(ValueError, match="per-channel"):
         r(acc, channel_axis=2)
+
+
+@pytest.mark.parametrize("rounding", ["double", "single"])
+@pytest.mark.parametrize(
+    ("zp", "dtype"), [(255, torch.uint8), (-100, torch.int8), (0, torch.int16)]
+)
+def test_requantizer_mixed_multipliers_and_zero_points(
+    zp: int, dtype: torch.dtype, rounding: str
+) -> None:
+    # per channel: M ≥ 1 (left shift), M ∈ [1/2, 1) (rs = 0), typical, tiny (rs ≥ 32) and M
+    # small enough that Z·2^(31+rs) no longer fits int64 and Z is added after the shift
+    mult = [3.0, 0.75, 0.6, 1e-3, 2.0**-23 * 1.3, 1e-12, 0.0]
+    rng = random.Random(7)
+    acc = torch.tensor([[rng.randint(-(2**31), 2**31 - 1) for _ in mult] for _ in range(300)]
+                       + [[INT32_MIN] * len(mult), [INT32_MAX] * len(mult), [-1] * len(mult)],
+                       dtype=torch.int32)  # fmt: skip
+    r = Requantizer.from_multiplier(
+        torch.tensor(mult, dtype=torch.float64), zp, dtype, rounding=rounding
+    )  # type: ignore[arg-type]
+    got = r(acc, channel_axis=1)
+    lo, hi = {torch.uint8: (0, 255), torch.int8: (-128, 127), torch.int16: (-32768, 32767)}[dtype]
+    ref = ref_mbqm if rounding == "double" else ref_mbqm_single
+    for c, m in enumerate(mult):
+        m0, shift = quantize_multiplier(m)
+        if rounding == "single" and m == 0.0:
+            m0, shift = 0, 1
+        expect = [min(max(zp + ref(int(a), m0, shift), lo), hi) for a in acc[:, c]]
+        assert got[:, c].tolist() == expect, m
 
 
 def test_relu6_range_and_requantizer_validation() -> None:

@@ -269,6 +269,11 @@ def test_nan_and_inf_are_rejected_with_counts_and_location() -> None:
         zp.fake_quantize(x, qp)
     with pytest.raises(ValueError, match="NaN"):
         zp.calibrate(x, Scheme())
+    # large tensors take the chunked path, which checks each chunk as it goes
+    big = torch.randn(1_000_000)
+    big[-3] = float("-inf")
+    with pytest.raises(ValueError, match=r"0 NaN and 1 Inf.*first at index \(999997,\)"):
+        zp.quantize(big, qp)
 
 
 def test_non_float_and_empty_inputs_are_rejected() -> None:

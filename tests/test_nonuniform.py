@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Iterator
 from fractions import Fraction
 
 import numpy as np
@@ -18,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 from zeropoint.nonuniform import (
     BinaryCodeQuantizer,
@@ -28,6 +30,16 @@ from zeropoint.nonuniform import (
     codebook_from_levels,
 )
 from zeropoint.quantizer import Quantizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # These tensors are small: a second intra-op thread buys nothing, and on a busy CI machine
+    # its spin-waits make the file several times slower. Restored after the module.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def gaussian(n: int, seed: int = 0) -> torch.Tensor:
@@ -62,9 +74,10 @@ def test_log_levels_are_powers_of_two_with_one_code_for_zero() -> None:
     mags = [2.0**-k for k in range(7)]
     assert q.levels().tolist() == sorted([-m for m in mags] + [0.0] + mags)
     assert q.levels().numel() == 2**4 - 1
+    assert not bool(torch.signbit(q.levels()[7]))  # the zero level is +0.0
     # 3 bits unsigned: all bits index the exponent -> K = 7, top level α = 0.5.
     u = LogQuantizer(alpha=0.5, bits=3, signed=False)
-    assert u.levels().tolist() == [0.0] + sorted(0.5 * 2.0**-k for k in range(7))
+    assert u.levels().tolist() == [0.0, *sorted(0.5 * 2.0**-k for k in range(7))]
 
 
 def test_log_fit_alpha_is_smallest_power_of_two_at_or_above_max_abs() -> None:
@@ -216,17 +229,20 @@ def test_kmeans_beats_uniform_minmax(dist, bits: int) -> None:  # type: ignore[n
     cb = KMeansCodebook.fit(x, bits, generator=0)
     km = mse(cb.decode(cb.encode(x)), x)
     uni = uniform_minmax_mse(x.double().numpy(), bits)
-    # Gaussian / Laplace: k-means is 1.3–4× better than min-max at these bit widths.
-    assert km < 0.8 * uni
+    # measured MSE ratio uniform / k-means: Gaussian 7.7, 4.2, 3.3; Laplace 25, 9.6, 6.2
+    # (2, 3, 4 bits): min-max spends its levels on the rare tails.
+    assert km < 0.5 * uni
 
 
+@pytest.mark.parametrize("dist", [gaussian, laplace])
 @pytest.mark.parametrize("bits", [2, 3, 4])
-def test_kmeans_matches_sklearn_inertia(bits: int) -> None:
-    x = gaussian(10_000, seed=4)
+def test_kmeans_matches_sklearn_inertia(dist, bits: int) -> None:  # type: ignore[no-untyped-def]
+    x = dist(10_000, seed=4)
     cb = KMeansCodebook.fit(x, bits, generator=0)
     ours = mse(cb.decode(cb.encode(x)), x) * x.numel()
     ref = KMeans(2**bits, n_init=5, random_state=0, tol=1e-8, max_iter=1000)
-    sk = ref.fit(x.double().numpy()[:, None]).inertia_
+    with threadpool_limits(limits=1):  # sklearn's OpenMP threads crawl on a busy machine
+        sk = ref.fit(x.double().numpy()[:, None]).inertia_
     assert ours == pytest.approx(sk, rel=0.01)
 
 
@@ -285,12 +301,15 @@ def test_kmeans_fewer_distinct_values_than_levels_is_exact() -> None:
         assert torch.equal(cb.decode(cb.encode(x)), x)
 
 
-def test_kmeans_million_values_well_under_a_second() -> None:
+@pytest.mark.parametrize("bits", [4, 8])
+def test_kmeans_million_values_well_under_a_second(bits: int) -> None:
+    # CPU time (one thread, see `_one_thread`), so other processes on a loaded machine do not
+    # count; typically 0.2–0.3 s, of which the one sort of 10^6 values is ~0.1 s.
     x = gaussian(1_000_000, seed=9)
-    KMeansCodebook.fit(x[:1000], 4)  # warm-up
-    start = time.perf_counter()
-    KMeansCodebook.fit(x, 4, generator=0)
-    assert time.perf_counter() - start < 1.0  # typically ~0.15 s (mostly the one sort)
+    KMeansCodebook.fit(x[:1000], bits)  # warm-up
+    start = time.process_time()
+    KMeansCodebook.fit(x, bits, generator=0)
+    assert time.process_time() - start < 1.0
 
 
 # ============================================================================ binary codes
@@ -314,7 +333,7 @@ def test_binary_error_falls_strictly_as_bases_are_added() -> None:
     for m in (1, 2, 3, 4):
         q = BinaryCodeQuantizer.fit(x, m)
         errors.append(mse(q.decode(q.encode(x)), x))
-    # measured: 0.363, 0.118, 0.038, 0.013 (k-means at the same bits: 0.363, 0.117, 0.035, 0.0095)
+    # measured: 0.359, 0.116, 0.036, 0.011 (k-means, unconstrained: 0.359, 0.116, 0.033, 0.0091)
     assert errors == sorted(errors, reverse=True) and len(set(errors)) == 4
     assert errors[0] == pytest.approx(1 - 2 / math.pi, rel=0.02)
     assert errors[3] < 0.02
@@ -337,6 +356,8 @@ def test_binary_greedy_matches_numpy_and_alternating_never_worse() -> None:
         h = np.array(alt.mse_history)
         assert bool(np.all(np.diff(h) <= 0)) and h[0] == greedy.mse_history[0]
         assert mse(alt.decode(alt.encode(x)), x) < mse(greedy.decode(greedy.encode(x)), x)
+    # m = 4: greedy 0.030 -> alternating 0.011 (Xu et al.'s point: greedy is far from optimal)
+    assert alt.mse_history[-1] < 0.5 * greedy.mse_history[0]
 
 
 def test_binary_codes_follow_bit_layout_and_encode_is_nearest() -> None:
@@ -440,7 +461,7 @@ def test_fit_rejects_bad_tensors(fit, label: str) -> None:  # type: ignore[no-un
         fit(torch.empty(0, 3))
     with pytest.raises(TypeError, match="floating-point"):
         fit(torch.tensor([1, 2]))
-    with pytest.raises(TypeError, match="torch.Tensor"):
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
         fit([1.0, 2.0])
 
 
@@ -462,9 +483,11 @@ def test_fit_rejects_unsupported_bits(fit, bad_bits: list[int]) -> None:  # type
 
 def test_decode_rejects_codes_out_of_range_or_not_integer() -> None:
     for q in _all_quantizers():
-        n = 2**q.bits if not isinstance(q, (RuleCodebook, Codebook)) else None
-        if n is None:
-            n = len(q.values) if isinstance(q, RuleCodebook) else q.table.numel()
+        n = 2**q.bits  # log2 and binary use every code; codebooks as many as they have levels
+        if isinstance(q, RuleCodebook):
+            n = q.values.numel()
+        if isinstance(q, Codebook):
+            n = q.table.numel()
         with pytest.raises(ValueError, match=rf"outside \[0, {n}\): first {n} at index \(1,\)"):
             q.decode(torch.tensor([0, n]))
         with pytest.raises(ValueError, match="first -1"):
@@ -474,7 +497,7 @@ def test_decode_rejects_codes_out_of_range_or_not_integer() -> None:
 
 
 def test_other_bad_input_is_named() -> None:
-    with pytest.raises(ValueError, match="non-negative data, got min -1.0"):
+    with pytest.raises(ValueError, match=r"non-negative data, got min -1\.0"):
         LogQuantizer.fit(torch.tensor([-1.0, 2.0]), 4, signed=False)
     with pytest.raises(ValueError, match="rounding='nearest' is unknown"):
         LogQuantizer.fit(torch.ones(2), 4, rounding="nearest")  # type: ignore[arg-type]

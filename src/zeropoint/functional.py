@@ -18,7 +18,7 @@ reads and writes main memory once; this keeps quantize as fast as torch's fused 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 
 import torch
 from torch import Tensor
@@ -27,8 +27,8 @@ from zeropoint.qparams import QParams, Scheme
 from zeropoint.qtensor import QTensor
 from zeropoint.validation import check_finite, check_tensor
 
-#: Elements per chunk: 2^16 float32 values (256 KiB) stay in a core's L2 cache.
-CHUNK = 1 << 16
+#: Elements per chunk: 2^18 float32 values (1 MiB) stay in a core's L2 cache.
+CHUNK = 1 << 18
 
 
 def round_values(r: Tensor, mode: str, generator: torch.Generator | None = None) -> Tensor:
@@ -63,19 +63,34 @@ def _compute_dtype(scheme: Scheme) -> torch.dtype:
     return torch.float64 if scheme.bits > 16 else torch.float32
 
 
-def _chunked(
-    fn: Callable[[Tensor, Tensor, Tensor], Tensor],
-    x: Tensor,
-    scale: Tensor,
-    zero_point: Tensor,
-    out: Tensor,
+def _quantize_per_tensor_chunked(
+    x: Tensor, scale: float, zero_point: int, scheme: Scheme, generator: torch.Generator | None
 ) -> Tensor:
-    """Apply ``fn(x_chunk, S, Z) -> out_chunk`` over a flat per-tensor input in chunks."""
-    flat_x, flat_out = x.reshape(-1), out.view(-1)
-    for start in range(0, flat_x.numel(), CHUNK):
-        stop = start + CHUNK
-        flat_out[start:stop] = fn(flat_x[start:stop], scale, zero_point)
-    return out
+    """`quantize_int` for one (S, Z) over a large tensor, a cache-sized chunk at a time: the
+    element-wise steps run on a buffer in L2 and main memory is read and written once."""
+    flat = x.reshape(-1)
+    out = torch.empty(flat.numel(), dtype=scheme.format.storage_dtype)
+    buf = torch.empty(min(CHUNK, flat.numel()), dtype=torch.float32)
+    lo, hi = float(scheme.qmin - zero_point), float(scheme.qmax - zero_point)
+    for start in range(0, flat.numel(), CHUNK):
+        chunk = flat[start : start + CHUNK]
+        if not math.isfinite(float(chunk.sum())):  # NaN/Inf (or a huge finite sum): look closer
+            check_finite(x, "tensor to quantize")
+        b = buf[: chunk.numel()]
+        torch.div(chunk, scale, out=b)
+        round_values(b, scheme.rounding, generator).clamp_(lo, hi).add_(zero_point)
+        out[start : start + CHUNK].copy_(b)
+    return out.reshape(x.shape)
+
+
+def _dequantize_per_tensor_chunked(q: Tensor, scale: float, zero_point: int) -> Tensor:
+    """S·(q − Z) in float32 for one (S, Z), a cache-sized chunk at a time."""
+    flat = q.reshape(-1)
+    out = torch.empty(flat.numel(), dtype=torch.float32)
+    for start in range(0, flat.numel(), CHUNK):
+        o = out[start : start + CHUNK]
+        o.copy_(flat[start : start + CHUNK]).sub_(zero_point).mul_(scale)
+    return out.reshape(q.shape)
 
 
 def _quantize_values(
@@ -98,19 +113,13 @@ def quantize_int(x: Tensor, qparams: QParams, generator: torch.Generator | None 
     """Integer codes q = clamp(round(x / S) + Z, qmin, qmax) as an unpacked integer tensor
     (int8/uint8 for ≤ 8 bits, int16/int32 above)."""
     check_tensor(x, "tensor to quantize")
-    check_finite(x, "tensor to quantize")
     scheme = qparams.scheme
     scale, zero_point, view_shape = qparams.broadcast(x.shape)
+    if scheme.granularity == "per_tensor" and x.numel() > CHUNK and scheme.bits <= 16:
+        xf = x if x.dtype == torch.float32 else x.to(torch.float32)
+        return _quantize_per_tensor_chunked(xf, float(scale), int(zero_point), scheme, generator)
+    check_finite(x, "tensor to quantize")
     storage = scheme.format.storage_dtype
-    if scheme.granularity == "per_tensor" and x.numel() > CHUNK:
-        out = torch.empty(x.shape, dtype=storage)
-        return _chunked(
-            lambda xs, s, z: _quantize_values(xs, s, z, scheme, generator),
-            x,
-            scale,
-            zero_point,
-            out,
-        )
     q = _quantize_values(x.reshape(view_shape), scale, zero_point, scheme, generator)
     return q.to(storage).reshape(x.shape)
 
@@ -126,15 +135,8 @@ def dequantize_int(q: Tensor, qparams: QParams, dtype: torch.dtype = torch.float
         raise TypeError(f"dequantize expects integer codes, got dtype {q.dtype}")
     scale, zero_point, view_shape = qparams.broadcast(q.shape)
     compute = torch.float64 if qparams.scheme.bits > 16 or dtype == torch.float64 else torch.float32
-    if qparams.scheme.granularity == "per_tensor" and q.numel() > CHUNK:
-        out = torch.empty(q.shape, dtype=dtype)
-        return _chunked(
-            lambda qs, s, z: (qs.to(compute) - z.to(compute)).mul_(s.to(compute)),
-            q,
-            scale,
-            zero_point,
-            out,
-        )
+    if qparams.scheme.granularity == "per_tensor" and q.numel() > CHUNK and compute == dtype:
+        return _dequantize_per_tensor_chunked(q, float(scale), int(zero_point))
     qv = q.reshape(view_shape).to(compute)
     r = (qv - zero_point.to(compute)).mul_(scale.to(compute))
     return r.to(dtype).reshape(q.shape)

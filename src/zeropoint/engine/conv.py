@@ -48,6 +48,7 @@ from zeropoint.engine.kernels import (
     GemmPlan,
     activation_bound,
     bias_int64,
+    centred_float,
     check_activation,
     check_int32_accumulator,
     exact_matmul,
@@ -97,13 +98,14 @@ def _centred_padded(x: Tensor, zero_point: int, padding: tuple[int, int]) -> Ten
     c = ACTIVATION_CENTRE[x.dtype]
     n, ch, h, w = x.shape
     ph, pw = padding
+    shape = (n, ch, h + 2 * ph, w + 2 * pw)
     cl = torch.channels_last
     if ph or pw:
-        out = torch.full((n, ch, h + 2 * ph, w + 2 * pw), float(zero_point)).to(memory_format=cl)
-        out[:, :, ph : ph + h, pw : pw + w] = x
+        out = torch.empty(shape, memory_format=cl).fill_(float(zero_point - c))
     else:
-        out = x.to(torch.float32, memory_format=cl)
-    return out.sub_(c) if c else out
+        out = torch.empty(shape, memory_format=cl)
+    torch.sub(x, float(c), out=out[:, :, ph : ph + h, pw : pw + w])  # one pass, any layout
+    return out
 
 
 # --------------------------------------------------------------------------- conv2d
@@ -204,8 +206,13 @@ def _conv2d_acc64(q_x: Tensor, zp: int, w: Conv2dWeights, layout: str, method: s
     act = activation_bound(q_x.dtype)
     xp = _centred_padded(x, zp, w.padding)
     if method == "direct":
-        y = torch.mkldnn_convolution(xp, w.weight_f32, None, [0, 0], w.stride, w.dilation, w.groups)
-        acc = y.to(torch.int64).add_(offset.view(1, -1, 1, 1))
+        # the offset rides in the conv's bias when every partial sum stays below 2^24
+        in_bias = act * w.max_abs_sum + int(offset.abs().max()) < F32_EXACT
+        bias = offset.to(torch.float32) if in_bias else None
+        y = torch.mkldnn_convolution(xp, w.weight_f32, bias, [0, 0], w.stride, w.dilation, w.groups)
+        acc = y.to(torch.int64)
+        if not in_bias:
+            acc.add_(offset.view(1, -1, 1, 1))
     else:
         xh = xp.permute(0, 2, 3, 1)  # (N, Hp, Wp, C), contiguous
         if method == "gemm":
@@ -321,9 +328,7 @@ def _conv_transpose2d_acc64(q_x: Tensor, zp: int, w: ConvTranspose2dWeights, lay
     if h_out < 1 or w_out < 1:
         raise ValueError(f"padding {w.padding} leaves no output for input size {(h, wd)}")
     c = ACTIVATION_CENTRE[q_x.dtype]
-    a = x.permute(0, 2, 3, 1).to(torch.float32).reshape(-1, c_in)  # (N·H·W, C_in)
-    if c:
-        a.sub_(c)
+    a = centred_float(x.permute(0, 2, 3, 1)).reshape(-1, c_in)  # (N·H·W, C_in)
     c_ig, act = c_in // w.groups, activation_bound(q_x.dtype)
     parts = [
         exact_matmul(a[:, g * c_ig : (g + 1) * c_ig], p, act, (c - zp) * p.col_sums)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -33,9 +34,6 @@ from torch import Tensor
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
 
-#: A right shift of 33 already maps every int32 to 0 or −1 exactly as any larger one does
-#: (|x| ≤ 2^31), so larger shifts are clamped to this value to keep int64 shifts well defined.
-_MAX_RIGHT_SHIFT = 40
 #: A left shift of 32 already saturates every non-zero int32; larger ones are clamped to it.
 _MAX_LEFT_SHIFT = 32
 
@@ -205,25 +203,55 @@ def rounding_divide_by_pot(x: Tensor | int, exponent: Tensor | int) -> Tensor:
     return out.to(_result_dtype(x))
 
 
+Rounding = Literal["double", "single"]
+
+
 @dataclass(frozen=True)
 class _Fixed:
-    """MBQM constants, precomputed once: scalars (per tensor) or broadcastable int64 tensors."""
+    """Constants of Z + MBQM(acc), precomputed once: ints (per tensor) or int64 tensors."""
 
     m0: Tensor | int
-    left: Tensor | int  # ls, clamped to 0.._MAX_LEFT_SHIFT
-    right: Tensor | int  # rs, clamped to 0.._MAX_RIGHT_SHIFT
+    left: Tensor | int  # saturating left shift ls (double rounding with M ≥ 1)
     has_left: bool
-    all_right: bool  # every rs > 0 (so the sign correction applies everywhere)
-    right_mask: Tensor | int  # −1 where rs > 0 else 0
+    sign_weight: Tensor | int  # 2^31 where rs > 0 (double rounding), else 0
+    addend: Tensor | int  # rounding constant, plus Z·2^total when folded in
+    total: Tensor | int  # total right shift
+    zero_point: int  # added after the shift when it could not be folded into ``addend``
 
 
-def _fixed(m0: Tensor, shift: Tensor) -> _Fixed:
-    left = (31 - shift).clamp(0, _MAX_LEFT_SHIFT)
-    right = (shift - 31).clamp(0, _MAX_RIGHT_SHIFT)
-    has_left, all_right = bool((left > 0).any()), bool((right > 0).all())
+def _fixed(m0: Tensor, shift: Tensor, rounding: str = "double", zero_point: int = 0) -> _Fixed:
+    """Constants for `_mbqm_` (see its docstring for the algebra)."""
+    if rounding == "single":
+        shift = torch.where(m0 == 0, 1, shift)  # M = 0: any shift gives 0
+        if shift.numel() and int(shift.min()) < 1:
+            raise ValueError(f"single rounding needs shift >= 1 (M < 2^30), got {int(shift.min())}")
+        m0 = torch.where(shift > 62, 0, m0)  # |x·M| < 1/2 there: the result is 0
+        total = shift.clamp(max=62)
+        left, sign_weight, addend = (
+            torch.zeros_like(total),
+            torch.zeros_like(total),
+            1 << (total - 1),
+        )
+    elif rounding == "double":
+        left = (31 - shift).clamp(0, _MAX_LEFT_SHIFT)
+        rs = (shift - 31).clamp(min=0)
+        # |SRDHM| ≤ 2^31 − 1, so rs ≥ 32 always rounds to 0: use M0 = 0, rs = 1 (also 0)
+        m0, rs = torch.where(rs >= 32, 0, m0), torch.where(rs >= 32, 1, rs)
+        total = 31 + rs
+        sign_weight = torch.where(rs > 0, 1 << 31, 0)
+        addend = (1 << 30) + torch.where(rs > 0, 1 << (30 + rs), 0)
+    else:
+        raise ValueError(f"rounding must be 'double' or 'single', got {rounding!r}")
+    folded = total.numel() == 0 or abs(zero_point) << int(total.max()) <= 1 << 60
+    if folded:  # ⌊(v + Z·2^total) / 2^total⌋ = ⌊v / 2^total⌋ + Z, with no int64 overflow
+        addend = addend + zero_point * (torch.ones_like(total) << total)
+    has_left = bool((left > 0).any())
     if m0.dim() == 0:
-        return _Fixed(int(m0), int(left), int(right), has_left, all_right, -int(all_right))
-    return _Fixed(m0, left, right, has_left, all_right, -(right > 0).to(torch.int64))
+        return _Fixed(int(m0), int(left), has_left, int(sign_weight), int(addend), int(total),
+                      0 if folded else zero_point)  # fmt: skip
+    uniform = bool((sign_weight == sign_weight.flatten()[0]).all())  # one scalar: add(alpha=)
+    sw: Tensor | int = int(sign_weight.flatten()[0]) if uniform else sign_weight
+    return _Fixed(m0, left, has_left, sw, addend, total, 0 if folded else zero_point)
 
 
 def _fixed_view(f: _Fixed, view: list[int]) -> _Fixed:
@@ -232,29 +260,38 @@ def _fixed_view(f: _Fixed, view: list[int]) -> _Fixed:
     def v(x: Tensor | int) -> Tensor | int:
         return x.reshape(view) if isinstance(x, Tensor) else x
 
-    return _Fixed(v(f.m0), v(f.left), v(f.right), f.has_left, f.all_right, v(f.right_mask))
+    return _Fixed(v(f.m0), v(f.left), f.has_left, v(f.sign_weight), v(f.addend), v(f.total),
+                  f.zero_point)  # fmt: skip
 
 
-def _mbqm_(t: Tensor, f: _Fixed, zero_point: int = 0) -> Tensor:
-    """In place on an int64 tensor of int32 values: Z + MBQM(t), fused into seven integer ops.
+def _mbqm_(t: Tensor, f: _Fixed) -> Tensor:
+    """In place on an int64 tensor of int32 values: Z + MBQM(t) in five to seven integer ops.
 
-    Let a = sat32(t·2^ls). Because M0 ≥ 0, SRDHM(a, M0) never saturates, and for ab = a·M0 the
-    truncating division of gemmlowp equals a floor: for ab ≥ 0, (ab + 2^30) / 2^31 truncates
-    like ⌊(ab + 2^30)/2^31⌋; for ab < 0, trunc(v/2^31) = ⌊(v + 2^31 − 1)/2^31⌋ with
-    v = ab + 1 − 2^30, which is again ⌊(ab + 2^30)/2^31⌋. So h = (ab + 2^30) >> 31.
-    RDBPOT(h, rs) with rs ≥ 1 adds one exactly when remainder > 2^(rs−1) − 1 + [h < 0], i.e.
-    it is ⌊(h + 2^(rs−1) − [h < 0]) / 2^rs⌋; with rs = 0 it is h. Adding Z·2^rs inside the
-    floor adds Z outside it. Every intermediate stays below 2^63 in magnitude.
+    "double" (gemmlowp). Let a = sat32(t·2^ls) and v = a·M0 + 2^30. Because M0 ≥ 0, SRDHM(a, M0)
+    never saturates, and gemmlowp's truncating division equals a floor: for a·M0 ≥ 0 directly;
+    for a·M0 < 0, trunc(w/2^31) = ⌊(w + 2^31 − 1)/2^31⌋ with w = a·M0 + 1 − 2^30. So
+    h = SRDHM = ⌊v / 2^31⌋. RDBPOT(h, rs), rs ≥ 1, adds one exactly when the remainder exceeds
+    2^(rs−1) − 1 + [h < 0]: it is ⌊(h + 2^(rs−1) − [h < 0]) / 2^rs⌋. [h < 0] may be replaced by
+    [t < 0]: they differ only when h = 0, which is no tie. Nested floors merge,
+    ⌊(⌊v/2^31⌋ + c)/2^rs⌋ = ⌊(v + c·2^31)/2^(31+rs)⌋ for integer c, so with Z folded in:
+
+        Z + MBQM(t) = (t·M0 + 2^30 + 2^(30+rs) − [t < 0]·2^31 + Z·2^(31+rs)) >> (31 + rs)
+
+    (rs = 0: (v + Z·2^31) >> 31). "single": (t·M0 + 2^(shift−1) + Z·2^shift) >> shift. Every
+    term stays below 2^63: |t·M0| < 2^62, the rest below 2^62 (Z is added after the shift when
+    Z·2^total would not fit).
     """
     if f.has_left:
         t.bitwise_left_shift_(f.left).clamp_(INT32_MIN, INT32_MAX)
-    t.mul_(f.m0).add_(1 << 30).bitwise_right_shift_(31)
-    sign = t >> 63  # −1 where h < 0, else 0
-    if not f.all_right:
-        sign.bitwise_and_(f.right_mask)
-    rs = f.right
-    pow2 = 1 << rs if isinstance(rs, int) else torch.ones_like(rs) << rs
-    return t.add_(sign).add_((pow2 >> 1) + zero_point * pow2).bitwise_right_shift_(rs)
+    sign = t >> 63 if not (isinstance(f.sign_weight, int) and f.sign_weight == 0) else None
+    t.mul_(f.m0)
+    if sign is not None:
+        if isinstance(f.sign_weight, int):
+            t.add_(sign, alpha=f.sign_weight)
+        else:
+            t.add_(sign.mul_(f.sign_weight))
+    t.add_(f.addend).bitwise_right_shift_(f.total)
+    return t.add_(f.zero_point) if f.zero_point else t
 
 
 def _check_m0_shift(m0: Tensor, shift: Tensor) -> None:
@@ -265,14 +302,19 @@ def _check_m0_shift(m0: Tensor, shift: Tensor) -> None:
 
 
 def multiply_by_quantized_multiplier(
-    x: Tensor | int, m0: Tensor | int, shift: Tensor | int
+    x: Tensor | int, m0: Tensor | int, shift: Tensor | int, rounding: Rounding = "double"
 ) -> Tensor:
-    """TFLite's MultiplyByQuantizedMultiplier: RDBPOT(SRDHM(x·2^ls, M0), rs) ≈ round(x·M0·2^−shift).
+    """TFLite's MultiplyByQuantizedMultiplier: ≈ round(x·M0·2^−shift).
 
-    ls = max(31 − shift, 0), rs = max(shift − 31, 0). ``x`` holds int32 values; ``m0`` in
-    [0, 2^31) and ``shift`` broadcast against it (per channel). TFLite computes x·2^ls in int32,
-    which is undefined on overflow; here it saturates to the int32 range instead. Result dtype
-    as `saturating_rounding_doubling_high_mul`.
+    ``"double"`` (default; gemmlowp, TFLite's reference kernels): RDBPOT(SRDHM(x·2^ls, M0), rs),
+    ls = max(31 − shift, 0), rs = max(shift − 31, 0). Two roundings: when x·M lies within
+    2^−(rs+1) below a half-integer, the first lands on the tie and the second rounds it away
+    from zero, so about 2^−(rs+1) of results differ by one from round(x·M).
+    ``"single"`` (TFLite's TFLITE_SINGLE_ROUNDING): ⌊(x·M0 + 2^(shift−1)) / 2^shift⌋, x·M rounded
+    once, ties up; needs shift ≥ 1.
+    ``x`` holds int32 values; ``m0`` in [0, 2^31) and ``shift`` broadcast against it (per
+    channel). TFLite computes x·2^ls in int32, undefined on overflow; here it saturates.
+    Result dtype as `saturating_rounding_doubling_high_mul`.
     """
     xt = _as_int_tensor(x, "x")
     m0t, st = _as_int_tensor(m0, "m0").to(torch.int64), _as_int_tensor(shift, "shift")
@@ -281,7 +323,10 @@ def multiply_by_quantized_multiplier(
     m0b, sb = torch.broadcast_tensors(m0t, st.to(torch.int64))
     out = xt.to(torch.int64, copy=True)
     out = out.expand(torch.broadcast_shapes(out.shape, m0b.shape)).clone()
-    return _mbqm_(out, _fixed(m0b, sb)).to(_result_dtype(x))
+    out = _mbqm_(out, _fixed(m0b, sb, rounding))
+    if rounding == "single":  # M ≥ 1 can leave int32 (TFLite DCHECKs); saturate as "double" does
+        out.clamp_(INT32_MIN, INT32_MAX)
+    return out.to(_result_dtype(x))
 
 
 # --------------------------------------------------------------------------- output stage
@@ -327,8 +372,10 @@ class Requantizer:
 
     ``m0``/``shift`` are int64 tensors of shape () (per tensor) or (C,) (per output channel);
     ``qmin``/``qmax`` default to the range of ``dtype`` and narrow it for a fused ReLU/ReLU6
-    (see `activation_range`). Build it from real multipliers with `from_multiplier` or
-    `from_scales`; call it on int32 accumulators.
+    (see `activation_range`); ``rounding`` as in `multiply_by_quantized_multiplier` ("double":
+    gemmlowp, the default; "single": one rounding, as ONNX Runtime's float requantization
+    except at exact ties). Build it with `from_multiplier` or `from_scales`; call it on int32
+    accumulators.
     """
 
     m0: Tensor
@@ -337,6 +384,7 @@ class Requantizer:
     dtype: torch.dtype = torch.uint8
     qmin: int | None = None
     qmax: int | None = None
+    rounding: Rounding = "double"
     _fixed: _Fixed = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -358,7 +406,7 @@ class Requantizer:
         for name, value in (("m0", m0), ("shift", shift), ("qmin", qmin), ("qmax", qmax)):
             object.__setattr__(self, name, value)
         object.__setattr__(self, "zero_point", int(self.zero_point))
-        object.__setattr__(self, "_fixed", _fixed(m0, shift))
+        object.__setattr__(self, "_fixed", _fixed(m0, shift, self.rounding, int(self.zero_point)))
 
     @classmethod
     def from_multiplier(
@@ -368,6 +416,7 @@ class Requantizer:
         dtype: torch.dtype = torch.uint8,
         qmin: int | None = None,
         qmax: int | None = None,
+        rounding: Rounding = "double",
     ) -> Requantizer:
         """From the real multiplier(s) M: a float (per tensor) or a 1-D tensor (per channel)."""
         if isinstance(multiplier, Tensor):
@@ -377,7 +426,7 @@ class Requantizer:
         else:
             m0_i, shift_i = quantize_multiplier(multiplier)
             m0, shift = torch.tensor(m0_i), torch.tensor(shift_i)
-        return cls(m0, shift, zero_point, dtype, qmin, qmax)
+        return cls(m0, shift, zero_point, dtype, qmin, qmax, rounding)
 
     @classmethod
     def from_scales(
@@ -388,6 +437,7 @@ class Requantizer:
         zero_point: int = 0,
         dtype: torch.dtype = torch.uint8,
         activation: str | None = None,
+        rounding: Rounding = "double",
     ) -> Requantizer:
         """M = S_x·S_w / S_y computed in float64 (S_w per channel if a 1-D tensor)."""
         for name, s in (("input_scale", input_scale), ("output_scale", output_scale)):
@@ -400,7 +450,7 @@ class Requantizer:
         else:
             m = float(input_scale) * float(weight_scale) / float(output_scale)
         lo, hi = activation_range(activation, float(output_scale), zero_point, dtype)
-        return cls.from_multiplier(m, zero_point, dtype, lo, hi)
+        return cls.from_multiplier(m, zero_point, dtype, lo, hi, rounding)
 
     @property
     def channels(self) -> int | None:
@@ -409,7 +459,9 @@ class Requantizer:
 
     def clamped(self, qmin: int, qmax: int) -> Requantizer:
         """The same multipliers with the clamp narrowed to [qmin, qmax] (e.g. a fused ReLU)."""
-        return Requantizer(self.m0, self.shift, self.zero_point, self.dtype, qmin, qmax)
+        return Requantizer(
+            self.m0, self.shift, self.zero_point, self.dtype, qmin, qmax, self.rounding
+        )
 
     def __call__(self, acc: Tensor, channel_axis: int = -1) -> Tensor:
         """Requantize int32 accumulators; per-channel multipliers run along ``channel_axis``."""
@@ -432,5 +484,4 @@ class Requantizer:
             view = [1] * acc.dim()
             view[axis] = -1
             f = _fixed_view(f, view)
-        out = _mbqm_(acc, f, self.zero_point)
-        return out.clamp_(self.qmin, self.qmax).to(self.dtype)
+        return _mbqm_(acc, f).clamp_(self.qmin, self.qmax).to(self.dtype)

@@ -77,6 +77,12 @@ def check_activation(q_x: object, zero_point: int, what: str = "q_x") -> Tensor:
     return q_x
 
 
+def centred_float(q_x: Tensor) -> Tensor:
+    """float32 a = q_x − c (one pass: uint8 − 128.0 promotes to float32), exact integers."""
+    c = ACTIVATION_CENTRE[q_x.dtype]
+    return q_x - float(c) if c else q_x.to(torch.float32)
+
+
 # --------------------------------------------------------------------------- the exact GEMM
 
 
@@ -223,9 +229,7 @@ def _linear_acc64(q_x: Tensor, x_zero_point: int, weights: LinearWeights) -> Ten
     if q_x.dim() < 1 or q_x.shape[-1] != k:
         raise ValueError(f"q_x must have shape (..., {k}), got {tuple(q_x.shape)}")
     c = ACTIVATION_CENTRE[q_x.dtype]
-    a = q_x.reshape(-1, k).to(torch.float32)
-    if c:
-        a.sub_(c)
+    a = centred_float(q_x.reshape(-1, k))
     offset = weights.bias + (c - x_zero_point) * weights.plan.col_sums
     acc = exact_matmul(a, weights.plan, activation_bound(q_x.dtype), offset)
     lo, hi = dtype_range(q_x.dtype)

@@ -20,7 +20,7 @@ Codes: q ∈ [0, 2^m) per element with bit i of q set iff b_{i+1} = +1; ``bits``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -84,7 +84,7 @@ class BinaryCodeQuantizer:
 
     alphas: Tensor
     axis: int | None = None
-    mse_history: tuple[float, ...] = ()
+    mse_history: tuple[float, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         a = self.alphas

@@ -146,9 +146,10 @@ class RuleCodebook:
 class Codebook:
     """Nearest-level look-up table: q = argmin_i |r − c_i| (ties to the lower index), Q(r) = c_q.
 
-    ``table`` is sorted ascending (float32); the decision thresholds are the midpoints
-    (c_i + c_{i+1})/2, computed in float64 where they are exact, so the rule is exactly
-    "nearest, ties to the lower index". ``bits`` ≥ ⌈log2 len(table)⌉ is the code width.
+    ``table`` is sorted ascending (float32; repeated levels allowed); the decision thresholds
+    are the midpoints (c_i + c_{i+1})/2, computed in float64, where they are exact unless two
+    neighbouring levels differ by more than 2^29 in magnitude, so the rule is exactly "nearest,
+    ties to the lower index". ``bits`` ≥ ⌈log2 len(table)⌉ is the code width.
     """
 
     table: Tensor
@@ -184,7 +185,7 @@ class Codebook:
         x = check_tensor(x, "x")
         check_finite(x, "x")
         t = self.table.double()
-        midpoints = (t[1:] + t[:-1]) / 2  # exact in float64 for float32 levels
+        midpoints = (t[1:] + t[:-1]) / 2
         # right=False: x equal to a midpoint stays in the lower cell (ties to the lower index).
         codes = torch.bucketize(x.double(), midpoints, right=False)
         return codes.to(code_dtype(self.bits))
@@ -218,7 +219,7 @@ class KMeansCodebook(Codebook):
     D(c_t) = (1/N) Σ_r min_i (r − c_{t,i})² — non-increasing in t (Lloyd 1982).
     """
 
-    mse_history: tuple[float, ...] = ()
+    mse_history: tuple[float, ...] = field(default=(), repr=False)
 
     @property
     def name(self) -> str:
@@ -238,7 +239,7 @@ class KMeansCodebook(Codebook):
         max_iter: int = 1000,
         tol: float = 1e-7,
         init: Init = "kmeans++",
-        n_init: int = 3,
+        n_init: int | None = None,
     ) -> KMeansCodebook:
         """Learn 2^b levels minimising ||Q(x) − x||² over all elements of ``x``.
 
@@ -257,7 +258,10 @@ class KMeansCodebook(Codebook):
         runs it): the first level uniform, then 2 + ⌊ln 2^b⌋ candidates drawn with probability
         ∝ D(r)², the squared distance to the nearest chosen level, keeping the one that lowers
         Σ D² most; seeded on a uniform sample of `SEEDING_SAMPLE` values when N is larger. Lloyd
-        stops in local minima, so ``n_init`` seedings are run and the lowest MSE kept.
+        stops in local minima (a single run at 16 levels is often 1–5 % above the best, and can
+        be 25 % off on bimodal data), so ``n_init`` seedings run side by side as one batch and
+        the lowest final MSE is kept; ``n_init=None`` means min(8, max(1, 128 // 2^b)) runs,
+        which bounds the seeding cost (runs × levels) where restarts matter least.
         "quantile" — level i at the (i + ½)/2^b quantile (deterministic, one run).
         ``generator`` is a torch.Generator or an int seed; None means seed 0, so fits are
         always reproducible.
@@ -267,6 +271,8 @@ class KMeansCodebook(Codebook):
         check_finite(x, "x")
         check_bits(bits, *KMEANS_BITS, "KMeansCodebook bits")
         check_bits(max_iter, 0, 1 << 30, "max_iter")
+        if n_init is None:
+            n_init = min(8, max(1, 128 >> bits))
         check_bits(n_init, 1, 1 << 10, "n_init")
         if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
             raise ValueError(f"tol={tol!r} must be a finite number >= 0")

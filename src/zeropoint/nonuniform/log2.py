@@ -118,7 +118,7 @@ class LogQuantizer:
         """The sorted distinct representable reals (float32; levels below float32's range
         flush to 0 and merge with it)."""
         mags = self.magnitudes().float()
-        values = torch.cat([-mags, mags]) if self.signed else mags
+        values = torch.cat([-mags[1:], mags]) if self.signed else mags  # one zero, +0.0
         return torch.unique(values)
 
     def thresholds(self) -> Tensor:

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from zeropoint.observers.estimators import _clip_to_data, expected_sq_error
+from zeropoint.observers.estimators import _clip_to_data, bin_points, expected_sq_error
 from zeropoint.observers.histogram import Histogram, HistogramObserver
 from zeropoint.qparams import Scheme
 
@@ -109,17 +109,8 @@ class ACIQ(HistogramObserver):
         ranges = {k: _clip_to_data(hist, mu - a, mu + a) for k, a in candidates.items()}
         if len(ranges) == 1:
             return next(iter(ranges.values()))
-        lo, hi = ranges["laplace"]
-        lo, hi = lo.clone(), hi.clone()
-        from zeropoint.observers.estimators import _bin_points
-
-        for row in range(hist.rows):
-            if not bool(hist.has_range[row]):
-                continue
-            points, weights = _bin_points(hist, row, sub=4)
-            los = torch.stack([ranges[k][0][row] for k in ("laplace", "gauss")])
-            his = torch.stack([ranges[k][1][row] for k in ("laplace", "gauss")])
-            errs = expected_sq_error(points, weights, los, his, self.scheme)
-            best = int(torch.argmin(errs))
-            lo[row], hi[row] = los[best], his[best]
-        return lo, hi
+        points, weights = bin_points(hist, sub=4)
+        los = torch.stack([ranges[k][0] for k in ("laplace", "gauss")], dim=1)
+        his = torch.stack([ranges[k][1] for k in ("laplace", "gauss")], dim=1)
+        best = expected_sq_error(points, weights, los, his, self.scheme).argmin(1, keepdim=True)
+        return los.gather(1, best).squeeze(1), his.gather(1, best).squeeze(1)

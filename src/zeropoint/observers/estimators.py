@@ -131,77 +131,103 @@ def entropy_range(hist: Histogram, scheme: Scheme) -> tuple[Tensor, Tensor]:
 # ------------------------------------------------------------------------- MSE
 
 
-def _bin_points(hist: Histogram, row: int, sub: int) -> tuple[Tensor, Tensor]:
-    """Midpoint-rule nodes of the non-empty bins of ``row`` (density uniform within a bin):
-    ``sub`` points per bin at the centres of equal sub-intervals, each carrying count/sub."""
-    counts = hist.counts[row]
-    idx = counts.nonzero().squeeze(1)
-    w = float(hist.bin_width[row])
-    left = -float(hist.radius[row]) + idx.to(torch.float64) * w
-    offsets = (torch.arange(sub, dtype=torch.float64) + 0.5) * (w / sub)
-    points = (left.unsqueeze(1) + offsets).reshape(-1)
-    weights = (counts[idx] / sub).repeat_interleave(sub)
-    # the end bins extend past the data: keep the nodes inside [min, max]
-    lo, hi = float(hist.lo[row]), float(hist.hi[row])
-    return points.clamp(lo, hi), weights
+def bin_points(hist: Histogram, sub: int = 4) -> tuple[Tensor, Tensor]:
+    """Midpoint-rule nodes of every row's non-empty bins (density taken uniform within a bin):
+    ``sub`` points per bin at the centres of equal sub-intervals, each carrying count/sub.
+
+    Returns (points, weights) of shape (rows, P), rows padded with zero-weight nodes at 0. The
+    nodes of the end bins are clamped into the data's [min, max]."""
+    nonempty = hist.counts > 0
+    per_row = nonempty.sum(1)
+    width = int(per_row.max()) if per_row.numel() else 0
+    rows = hist.rows
+    # the non-empty bin indices of every row, left-aligned into a (rows, width) table
+    order = torch.argsort((~nonempty).to(torch.int8), dim=1, stable=True)[:, :width]
+    valid = torch.arange(width).unsqueeze(0) < per_row.unsqueeze(1)
+    counts = torch.where(valid, hist.counts.gather(1, order), 0.0)
+    w = hist.bin_width.unsqueeze(1)
+    left = -hist.radius.unsqueeze(1) + order.to(torch.float64) * w
+    offsets = (torch.arange(sub, dtype=torch.float64) + 0.5) / sub
+    points = (left.unsqueeze(2) + offsets * w.unsqueeze(2)).reshape(rows, -1)
+    lo, hi = hist.lo.unsqueeze(1), hist.hi.unsqueeze(1)
+    points = torch.minimum(torch.maximum(points, lo), hi)
+    weights = (counts / sub).repeat_interleave(sub, dim=1)
+    points = torch.where(weights > 0, points, 0.0)
+    return points, weights
 
 
 def expected_sq_error(
-    points: Tensor, weights: Tensor, lo: Tensor, hi: Tensor, scheme: Scheme, chunk: int = 1 << 22
+    points: Tensor,
+    weights: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    scheme: Scheme,
+    budget: int = 1 << 22,
 ) -> Tensor:
-    """Σ_p w_p (Q(x_p) − x_p)² for each candidate range [lo_k, hi_k] (vectorised over k), with Q
-    the scheme's own quantizer (`fake_quantize` with `qparams_from_range`)."""
+    """Σ_p w_p (Q_k(x_p) − x_p)² for every row and candidate range [lo_k, hi_k].
+
+    ``points``/``weights``: (rows, P); ``lo``/``hi``: (rows, K). Q_k is the scheme's own quantizer
+    (`qparams_from_range` + `fake_quantize`), one candidate per (row, k). Returns (rows, K)."""
+    rows, n_points = points.shape
+    k = lo.shape[1]
     per_cand = scheme.with_(axis=0, group_size=None)
-    x = points.to(torch.float32)
-    out = torch.empty(lo.numel(), dtype=torch.float64)
-    step = max(1, chunk // max(points.numel(), 1))
-    for s in range(0, lo.numel(), step):
-        sl = slice(s, s + step)
-        sub_qp = qparams_from_range(lo[sl], hi[sl], per_cand, (lo[sl].numel(), points.numel()))
-        xq = fake_quantize(x.expand(lo[sl].numel(), -1).contiguous(), sub_qp)
-        err = (xq.to(torch.float64) - points) ** 2
-        out[sl] = (err * weights).sum(1)
+    out = torch.empty(rows, k, dtype=torch.float64)
+    step = max(1, budget // max(k * n_points, 1))
+    x32 = points.to(torch.float32)
+    for r0 in range(0, rows, step):
+        sl = slice(r0, r0 + step)
+        n = x32[sl].shape[0]
+        x = x32[sl].unsqueeze(1).expand(n, k, n_points).reshape(n * k, n_points)
+        qp = qparams_from_range(lo[sl].reshape(-1), hi[sl].reshape(-1), per_cand, x.shape)
+        err = (fake_quantize(x, qp).to(torch.float64) - points[sl].repeat_interleave(k, 0)) ** 2
+        out[sl] = (err * weights[sl].repeat_interleave(k, 0)).sum(1).reshape(n, k)
     return out
 
 
-def _grid_argmin(values: Tensor, errors: Tensor) -> float:
-    return float(values[int(torch.argmin(errors))])
+def _best(values: Tensor, errors: Tensor) -> Tensor:
+    """Per row, the candidate value of least error: (rows, K) → (rows,)."""
+    return values.gather(1, errors.argmin(1, keepdim=True)).squeeze(1)
+
+
+def _around(center: Tensor, half: Tensor, n: int, lo: Tensor, hi: Tensor) -> Tensor:
+    """n values per row evenly over [center − half, center + half] ∩ [lo, hi]."""
+    t = torch.linspace(-1.0, 1.0, n, dtype=torch.float64)
+    grid = center.unsqueeze(1) + half.unsqueeze(1) * t
+    return torch.minimum(torch.maximum(grid, lo.unsqueeze(1)), hi.unsqueeze(1))
 
 
 def mse_range(
-    hist: Histogram, scheme: Scheme, grid: int = 100, refine: int = 41, sub: int = 8
+    hist: Histogram, scheme: Scheme, grid: int = 100, refine: int = 41, sub: int = 4
 ) -> tuple[Tensor, Tensor]:
-    """Range minimising E[(Q(x) − x)²] estimated on the histogram.
+    """Range minimising E[(Q(x) − x)²], estimated on the histogram, vectorised over rows.
 
-    Search: shrink the data range by a factor a ∈ (0, 1] on a grid, then a finer grid around the
-    best a; for asymmetric schemes, then refine each end separately with the other fixed."""
-    lo_out = hist.lo.clone()
-    hi_out = hist.hi.clone()
-    for row in range(hist.rows):
-        if not bool(hist.has_range[row]):
-            continue
-        points, weights = _bin_points(hist, row, sub)
-        lo0, hi0 = float(hist.lo[row]), float(hist.hi[row])
-        if scheme.symmetric:
-            m = max(abs(lo0), abs(hi0))
-            lo0, hi0 = -m, m
+    Search: shrink the data range [lo, hi] (symmetric: [−m, m]) by a factor a on a grid over
+    (0, 1], refine a on a finer grid around the best; for asymmetric schemes then refine each end
+    with the other held fixed. A sparse histogram (under 4 values per non-empty bin, e.g. one
+    weight row) is its data at bin resolution already: one node per bin then suffices."""
+    occupied = float((hist.counts > 0).sum())
+    sparse = occupied > 0 and float(hist.count.sum()) / occupied < 4
+    points, weights = bin_points(hist, 1 if sparse else sub)
+    lo0, hi0 = hist.lo.clone(), hist.hi.clone()
+    empty = ~hist.has_range
+    lo0[empty], hi0[empty] = 0.0, 0.0
+    if scheme.symmetric:
+        m = torch.maximum(lo0.abs(), hi0.abs())
+        lo0, hi0 = -m, m
 
-        def err(a: Tensor, b: Tensor, points: Tensor = points, weights: Tensor = weights) -> Tensor:
-            return expected_sq_error(points, weights, a, b, scheme)
+    def err(lo: Tensor, hi: Tensor) -> Tensor:
+        return expected_sq_error(points, weights, lo, hi, scheme)
 
-        alphas = torch.linspace(1.0 / grid, 1.0, grid, dtype=torch.float64)
-        a = _grid_argmin(alphas, err(alphas * lo0, alphas * hi0))
-        fine = torch.linspace(max(a - 1.0 / grid, 1e-4), min(a + 1.0 / grid, 1.0), refine)
-        fine = fine.to(torch.float64)
-        a = _grid_argmin(fine, err(fine * lo0, fine * hi0))
-        lo_best, hi_best = a * lo0, a * hi0
-        if not scheme.symmetric:
-            span = hi_best - lo_best
-            his = torch.linspace(hi_best - 0.05 * span, hi_best + 0.05 * span, refine)
-            his = his.to(torch.float64).clamp(min=0.0, max=max(hi0, 0.0))
-            hi_best = _grid_argmin(his, err(torch.full_like(his, lo_best), his))
-            los = torch.linspace(lo_best - 0.05 * span, lo_best + 0.05 * span, refine)
-            los = los.to(torch.float64).clamp(min=min(lo0, 0.0), max=0.0)
-            lo_best = _grid_argmin(los, err(los, torch.full_like(los, hi_best)))
-        lo_out[row], hi_out[row] = lo_best, hi_best
-    return _clip_to_data(hist, lo_out, hi_out)
+    alphas = torch.linspace(1.0 / grid, 1.0, grid, dtype=torch.float64).expand(hist.rows, grid)
+    a = _best(alphas, err(alphas * lo0.unsqueeze(1), alphas * hi0.unsqueeze(1)))
+    one = torch.ones_like(a)
+    fine = _around(a, one / grid, refine, one * 1e-4, one)
+    a = _best(fine, err(fine * lo0.unsqueeze(1), fine * hi0.unsqueeze(1)))
+    lo_best, hi_best = a * lo0, a * hi0
+    if not scheme.symmetric:
+        span = (hi_best - lo_best) * 0.05
+        his = _around(hi_best, span, refine, torch.zeros_like(a), hi0.clamp(min=0.0))
+        hi_best = _best(his, err(lo_best.unsqueeze(1).expand_as(his), his))
+        los = _around(lo_best, span, refine, lo0.clamp(max=0.0), torch.zeros_like(a))
+        lo_best = _best(los, err(los, hi_best.unsqueeze(1).expand_as(los)))
+    return _clip_to_data(hist, lo_best, hi_best)
