@@ -7,6 +7,7 @@ bug); they share no code with the kernel, which works on vectorised int64 tensor
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from fractions import Fraction
@@ -257,7 +258,7 @@ def test_multiplier_error_table_falls_with_fractional_bits() -> None:
     errors = [float(r["abs_error"]) for r in frac]
     assert [r["bits"] for r in frac] == list(range(8, 41))
     # doubling M0 is always a candidate at n + 1, so rounding never does worse: non-increasing
-    assert all(e1 <= e0 for e0, e1 in zip(errors, errors[1:]))
+    assert all(e1 <= e0 for e0, e1 in itertools.pairwise(errors))
     assert all(e <= 2.0 ** -(n + 1) for e, n in zip(errors, range(8, 41)))
     assert errors[-1] < errors[0] * 2.0**-20
     assert frac[30]["m0"] == 1992157658 and frac[30]["shift"] == 38  # n = 38

@@ -13,7 +13,6 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import Tensor
 
 from zeropoint.functional import dequantize_int, quantize_int

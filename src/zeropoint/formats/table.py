@@ -27,6 +27,9 @@ from zeropoint.formats.integer import (
     UINT8,
     IntFormat,
 )
+from zeropoint.report.tables import format_table
+
+__all__ = ["COLUMNS", "describe_formats", "format_table"]
 
 COLUMNS: tuple[str, ...] = (
     "name",
@@ -71,37 +74,3 @@ def describe_formats() -> list[dict[str, Any]]:
     fixed = (FixedPoint(7, 8, signed=True), FixedPoint(3, 3), FixedPoint(0, 15, signed=True))
     rows += [_fixed_row(f) for f in fixed]
     return rows
-
-
-def _cell(v: object, column: str) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float) and column.endswith("_db"):
-        return f"{v:.2f}"
-    if isinstance(v, float):
-        # The exact value where it is short (127.99609375), else 7 significant digits, which
-        # still tells every value here from its neighbours (2^7 − 2^−8 must not print as 128).
-        return repr(v) if len(repr(v)) <= 12 else f"{v:.7g}"
-    return str(v)
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """Render rows as a plain-text table: a header, a rule, one line per row.
-
-    Text columns are left-aligned, numbers right-aligned; columns are the union of the rows' keys
-    in first-seen order, missing cells and None print as "-", decibels with two decimals.
-    """
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    cells = [[_cell(row.get(c), c) for c in columns] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    text = [all(isinstance(row.get(c), str) or row.get(c) is None for row in rows) for c in columns]
-
-    def line(values: list[str]) -> str:
-        parts = [v.ljust(w) if left else v.rjust(w) for v, w, left in zip(values, widths, text)]
-        return "  ".join(parts).rstrip()
-
-    out = [line(columns), line(["-" * w for w in widths])]
-    out += [line(r) for r in cells]
-    return "\n".join(out)

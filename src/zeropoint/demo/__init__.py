@@ -1,0 +1,1 @@
+"""`zeropoint demo` (the main job) and `zeropoint tour` (tensor-level tour)."""

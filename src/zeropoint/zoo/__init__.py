@@ -1,0 +1,1 @@
+"""Real models and data used by the demo, the examples, the benchmarks and the tests (offline)."""
