@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -54,6 +53,8 @@ import numpy as np
 import torch
 
 import zeropoint as zp
+from zeropoint.report.files import atomic_write_text
+from zeropoint.report.tables import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results" / "core.json"
 QUANTIZE_TARGET = 0.8  # zeropoint's quantize at >= 0.8x torch's speed
@@ -132,6 +133,8 @@ def machine() -> dict[str, Any]:
         "zeropoint": zp.__version__,
         "python": platform.python_version(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        # OpenMP's settings change how many short parallel operations cost on a busy machine.
+        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")},
     }
 
 
@@ -283,36 +286,22 @@ def entropy_contest(x: torch.Tensor) -> tuple[Contest, dict[str, float]]:
 
 def print_table(title: str, rows: list[Row]) -> None:
     print(f"\n{title}")
-    header = (
-        f"{'case':<38} {'ours ms':>9} {'peer ms':>9} {'ratio':>7} {'paired':>13} "
-        f"{'target':>7}  meets"
-    )
-    print(header)
-    print("-" * len(header))
+    table = []
     for r in rows:
         lo, hi = r.paired
-        meets = "yes" if r.ratio >= r.target else "NO"
-        print(
-            f"{r.case:<38} {r.ours_median * 1e3:>9.2f} {r.peer_median * 1e3:>9.2f} "
-            f"{r.ratio:>7.2f} {f'{lo:.2f}..{hi:.2f}':>13} {r.target:>7.1f}  {meets}"
+        table.append(
+            {
+                "case": r.case,
+                "peer": r.peer,
+                "ours ms": r.ours_median * 1e3,
+                "peer ms": r.peer_median * 1e3,
+                "ratio": r.ratio,
+                "paired": f"{lo:.2f}..{hi:.2f}",
+                "target": r.target,
+                "meets": "yes" if r.ratio >= r.target else "NO",
+            }
         )
-    print(f"  ours: {', '.join(dict.fromkeys(r.ours for r in rows))}")
-    print(f"  peer: {', '.join(dict.fromkeys(r.peer for r in rows))}")
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically: a temporary file in the same folder, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    print(format_table(table, digits={"ours ms": 2, "peer ms": 2, "ratio": 2, "target": 1}))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -397,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "sections": sections,
     }
-    write_json(args.output, payload)
+    atomic_write_text(args.output, json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {args.output}")
 
 

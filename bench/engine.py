@@ -5,16 +5,20 @@ noise hits all of them alike); we report medians and ratios. Peers:
   fp32     torch.nn.functional.linear / conv2d on float tensors (the speed we must stay near)
   torch-q  torch.ao.nn.quantized.Linear / Conv2d, engine 'x86' (fbgemm/oneDNN int8 kernels);
            for linear also torch.ao.nn.quantized.dynamic.Linear (fp32 in, int8 weights)
-  ort      onnxruntime QLinearMatMul / QLinearConv, intra_op_num_threads=2
+  ort      onnxruntime QLinearMatMul / QLinearConv, intra_op_num_threads = --threads (2)
 Ratios are peer_time / ours_time: above 1 means ours is faster.
 
-Run: .venv/bin/python bench/engine.py [--reps N]; writes bench/results/engine.json.
+Run: .venv/bin/python bench/engine.py [--reps N] [--threads T]; writes bench/results/engine.json.
+On a shared machine, multi-threaded timings of the engine (several short parallel elementwise
+passes after the GEMM) suffer more from other processes than one big BLAS call does: compare
+runs at --threads 1 and 2 and look at the machine load printed with the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -54,7 +58,7 @@ def _ort_session(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
+    so.intra_op_num_threads = torch.get_num_threads()
     so.inter_op_num_threads = 1
     # ORT's pool spins after each run by default, starving whichever contender runs next on a
     # 2-core machine; interleaved timing needs it to yield.
@@ -197,7 +201,9 @@ def digits_cnn_latency() -> dict | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2, help="torch and ORT intra-op threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     rows = []
     for m, k, n in LINEAR_CASES:
         rows.append(
@@ -217,30 +223,34 @@ def main() -> None:
         )
     peers = ["fp32", "torch-q", "torch-q-nhwc", "torch-dyn", "ort"]
     print(
-        f"{'case':<26}{'ours ms':>9}  "
-        + "".join(f"{'vs ' + p:>15}" for p in peers)
-        + f"{'nchw/nhwc':>11}"
+        f"{'case':<26}{'ours ms':>9}  " + "".join(f"{p:>14}" for p in peers) + f"{'nchw/nhwc':>11}"
     )
     for r in rows:
         line = f"{r['op'] + ' ' + r['shape']:<26}{r['ours'] * 1e3:>9.3f}  "
-        line += "".join(f"{r[p] / r['ours']:>15.2f}" if p in r else f"{'-':>15}" for p in peers)
+        line += "".join(f"{r[p] / r['ours']:>14.2f}" if p in r else f"{'-':>14}" for p in peers)
         line += f"{r['ours-nchw'] / r['ours']:>11.2f}" if "ours-nchw" in r else f"{'-':>11}"
         print(line)
     e2e = digits_cnn_latency()
     print("digits CNN end-to-end:", "not measured (stub for the lead)" if e2e is None else e2e)
-    print("ratios = peer time / ours time (> 1: ours faster); conv 'ours' is NHWC uint8 in/out")
+    print("ratios = peer time / ours time (> 1: ours faster); conv 'ours' is NHWC uint8 in/out;")
+    print("nchw/nhwc = ours on NCHW input / ours on NHWC input")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+    runs = json.loads(RESULTS.read_text()).get("runs", {}) if RESULTS.exists() else {}
+    runs[f"threads={args.threads}"] = {
+        "meta": {
+            "load_average": os.getloadavg()[0],
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "reps": args.reps,
+            "machine": platform.processor() or platform.machine(),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+        "unit": "seconds per call (median of interleaved repetitions)",
+        "rows": rows,
+        "digits_cnn": e2e,
     }
-    RESULTS.write_text(
-        json.dumps(
-            {"meta": meta, "unit": "seconds (median)", "rows": rows, "digits_cnn": e2e}, indent=2
-        )
-    )
-    print(f"wrote {RESULTS}")
+    RESULTS.write_text(json.dumps({"runs": runs}, indent=2))
+    print(f"threads={args.threads}, load average at end: {os.getloadavg()[0]:.2f}; wrote {RESULTS}")
 
 
 if __name__ == "__main__":

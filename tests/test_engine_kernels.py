@@ -34,6 +34,7 @@ from zeropoint.engine.elementwise import (
     prepare_concat,
     relu,
     relu6,
+    rescale,
 )
 from zeropoint.engine.fixedpoint import Requantizer, quantize_multiplier
 from zeropoint.engine.kernels import linear, linear_acc, prepare_linear
@@ -275,6 +276,35 @@ def test_conv2d_large_reduction_is_chunked_and_exact() -> None:
         conv2d_acc(q_x, 77, weights, method="direct")
 
 
+def test_conv2d_direct_path_exact_near_the_float32_bound() -> None:
+    # all products positive, partial sums up to ~0.77·2^24: an fp32 conv that formed anything
+    # but sums of exact products (e.g. Winograd transforms) would lose low bits here
+    gen = torch.Generator().manual_seed(11)
+    q_w = torch.randint(110, 114, (32, 128, 3, 3), generator=gen).to(torch.int8)  # 128·Σ|w| < 2^24
+    q_x = torch.randint(200, 256, (1, 128, 10, 10), generator=gen).to(torch.uint8)
+    weights = prepare_conv2d(q_w, padding=1)
+    assert len(weights.plans[0].chunks) == 1
+    acc_ref = conv_reference(q_x, 128, q_w, torch.zeros(32), 1, 1, 1, 1)
+    assert int(acc_ref.max()) > 0.7 * 2**24
+    for method in ("direct", "im2col"):
+        assert torch.equal(conv2d_acc(q_x, 128, weights, method=method).long(), acc_ref)
+
+
+def test_conv_int16_activations_take_the_float64_path_exactly() -> None:
+    gen = torch.Generator().manual_seed(12)
+    q_x = rand_q(gen, (1, 6, 7, 7), torch.int16)
+    q_w = rand_w(gen, (4, 3, 3, 3), 60)
+    weights = prepare_conv2d(q_w, padding=1, groups=2)
+    acc_ref = conv_reference(q_x, -1234, q_w, torch.zeros(4), 1, 1, 1, 2)
+    assert torch.equal(conv2d_acc(q_x, -1234, weights).long(), acc_ref)
+    with pytest.raises(ValueError, match="not exact"):
+        conv2d_acc(q_x, -1234, weights, method="direct")
+    t_w = rand_w(gen, (6, 2, 3, 3), 60)
+    ct = prepare_conv_transpose2d(t_w, stride=2, padding=1, output_padding=1)
+    expect = F.conv_transpose2d(q_x.double() + 1234, t_w.double(), None, 2, 1, 1).long()
+    assert torch.equal(conv_transpose2d_acc(q_x, -1234, ct).long(), expect)
+
+
 def test_conv2d_validates_input() -> None:
     weights = prepare_conv2d(torch.zeros(4, 3, 3, 3, dtype=torch.int8))
     with pytest.raises(ValueError, match=r"input has 5 channels.*expect 3"):
@@ -455,3 +485,20 @@ def test_global_avg_pool2d_and_flatten_nhwc() -> None:
     expect = np.clip(-3 + ref_mbqm(total, *quantize_multiplier(1 / 35)), -128, 127)
     assert y.shape == (2, 1, 1, 4) and torch.equal(y.reshape(2, 4).long(), torch.from_numpy(expect))
     assert torch.equal(flatten(q.permute(0, 2, 3, 1), layout="NHWC"), torch.flatten(q, 1))
+
+
+def test_rescale_int8_to_uint8_and_elementwise_validation() -> None:
+    q = torch.arange(-128, 128, dtype=torch.int16).to(torch.int8)
+    rq = Requantizer.from_multiplier(0.02 / 0.03, 130, torch.uint8)  # S 0.02 → 0.03, Z −5 → 130
+    expect = np.clip(
+        130 + ref_mbqm(q.long().numpy() + 5, *quantize_multiplier(0.02 / 0.03)), 0, 255
+    )
+    assert torch.equal(rescale(q, -5, rq).long(), torch.from_numpy(expect))
+    with pytest.raises(TypeError, match="uint8, int8 or int16"):
+        max_pool2d(torch.zeros(1, 1, 4, 4), 2)
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
+        relu([1, 2], 0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="output zero point 300"):
+        avg_pool2d(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), 0, 2, out_zero_point=300)
+    with pytest.raises(ValueError, match="expected 2 tensors"):
+        concat([torch.zeros(1, dtype=torch.uint8)], prepare_concat([0.1, 0.2], [0, 0], 0.1, 0))

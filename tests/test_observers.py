@@ -128,7 +128,9 @@ def _tensorrt_kl_threshold(hist: np.ndarray, num_q: int) -> int:
     """TensorRT's entropy calibration (Migacz 2017), written plainly: for every candidate number
     of kept bins t, P = the first t bins with the outliers added to the last one, Q = those t
     bins merged into num_q groups and spread evenly over each group's non-empty bins; return the
-    t of least KL(P ‖ Q) after onnxruntime's smoothing (ε = 1e-4)."""
+    t of least KL(P ‖ Q) after onnxruntime's smoothing (ε = 1e-4). As in zeropoint, the groups
+    are of near-equal size (bin j → group ⌊j·num_q/t⌋) instead of TensorRT's remainder-in-the-
+    last-group split."""
     from scipy.stats import entropy
 
     def smooth(p: np.ndarray, eps: float = 1e-4) -> np.ndarray:
@@ -142,11 +144,10 @@ def _tensorrt_kl_threshold(hist: np.ndarray, num_q: int) -> int:
         sliced = hist[:t].astype(np.float64)
         p = sliced.copy()
         p[-1] += hist[t:].sum()
-        merged = t // num_q
         q = np.zeros(t)
+        bounds = [(k * t + num_q - 1) // num_q for k in range(num_q + 1)]  # first j of group k
         for k in range(num_q):
-            start = k * merged
-            stop = t if k == num_q - 1 else start + merged
+            start, stop = bounds[k], bounds[k + 1]
             nonzero = sliced[start:stop] != 0
             if nonzero.sum():
                 q[start:stop] = sliced[start:stop].sum() / nonzero.sum() * nonzero
@@ -169,6 +170,20 @@ def test_entropy_threshold_equals_plain_tensorrt_algorithm(dist: str) -> None:
     _, hi = obs.range()
     assert hi.item() == pytest.approx(t_ref * float(hist.bin_width[0]), rel=1e-12)
     assert 3.0 < hi.item() < x.abs().max().item()  # it does clip
+
+
+def test_entropy_ignores_exact_zeros_of_relu_outputs() -> None:
+    # Half the values of a post-ReLU activation are exact zeros, which every candidate clip
+    # represents exactly; the threshold must be the one chosen for the positive part alone.
+    g = torch.Generator().manual_seed(6)
+    positive = torch.randn(50_000, generator=g).abs()
+    relu_out = torch.cat([positive, torch.zeros(60_000)])
+    scheme = Scheme(bits=8, signed=False)
+    with_zeros, alone = Entropy(scheme), Entropy(scheme)
+    with_zeros.update(relu_out)
+    alone.update(positive)
+    assert with_zeros.range()[1].item() == alone.range()[1].item()
+    assert with_zeros.range()[1].item() > 2.5  # a moderate clip of |N(0,1)|, not a collapse
 
 
 def test_mse_observer_is_within_one_percent_of_brute_force_optimum() -> None:

@@ -60,7 +60,8 @@ Layout = Literal["NCHW", "NHWC"]
 Method = Literal["auto", "gemm", "im2col", "direct"]
 
 
-def _pair(v: int | tuple[int, int], name: str, minimum: int) -> tuple[int, int]:
+def as_pair(v: int | tuple[int, int], name: str, minimum: int) -> tuple[int, int]:
+    """(v, v) for an int, else the pair itself; TypeError/ValueError naming ``name``."""
     t = (v, v) if isinstance(v, int) else tuple(v)
     if len(t) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in t):
         raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
@@ -80,7 +81,7 @@ def _check_weight(q_w: object, groups: int) -> Tensor:
     return q_w
 
 
-def _to_nchw(q_x: Tensor, layout: str) -> Tensor:
+def nchw_view(q_x: Tensor, layout: str) -> Tensor:
     """A (N, C, H, W) view of the input (channels-last strides for NHWC)."""
     if layout not in ("NCHW", "NHWC"):
         raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
@@ -89,7 +90,8 @@ def _to_nchw(q_x: Tensor, layout: str) -> Tensor:
     return q_x if layout == "NCHW" else q_x.permute(0, 3, 1, 2)
 
 
-def _from_nchw(y: Tensor, layout: str) -> Tensor:
+def to_layout(y: Tensor, layout: str) -> Tensor:
+    """A contiguous tensor in ``layout`` from a logical (N, C, H, W) tensor (any strides)."""
     return y.contiguous() if layout == "NCHW" else y.permute(0, 2, 3, 1).contiguous()
 
 
@@ -155,8 +157,8 @@ def prepare_conv2d(
     col_sums = torch.cat([p.col_sums for p in plans])
     max_abs = max(p.max_abs_sum for p in plans)
     return Conv2dWeights(
-        q_w, bias, _pair(stride, "stride", 1), _pair(padding, "padding", 0),
-        _pair(dilation, "dilation", 1), groups, q_w.to(torch.float32), plans, col_sums,
+        q_w, bias, as_pair(stride, "stride", 1), as_pair(padding, "padding", 0),
+        as_pair(dilation, "dilation", 1), groups, q_w.to(torch.float32), plans, col_sums,
         max_abs, int(bias.abs().max()) if c_out else 0,
     )  # fmt: skip
 
@@ -184,7 +186,7 @@ def _conv_method(q_x: Tensor, w: Conv2dWeights, method: str) -> str:
 def _conv2d_acc64(q_x: Tensor, zp: int, w: Conv2dWeights, layout: str, method: str) -> Tensor:
     """Exact int64 accumulators, (N, C_out, H_out, W_out) (channels-last memory)."""
     check_activation(q_x, zp)
-    x = _to_nchw(q_x, layout)
+    x = nchw_view(q_x, layout)
     n, c_in, h, wd = x.shape
     if c_in != w.in_channels:
         raise ValueError(
@@ -240,7 +242,7 @@ def conv2d_acc(
 ) -> Tensor:  # fmt: skip
     """The int32 accumulator of a quantized conv2d, in ``layout`` (see the module docstring)."""
     acc = _conv2d_acc64(q_x, x_zero_point, weights, layout, method)
-    return _from_nchw(acc.to(torch.int32), layout)
+    return to_layout(acc.to(torch.int32), layout)
 
 
 def conv2d(
@@ -253,7 +255,7 @@ def conv2d(
             f"requantizer has {requant.channels} channels, the layer {weights.out_channels}"
         )
     acc = _conv2d_acc64(q_x, x_zero_point, weights, layout, method)
-    return _from_nchw(requant.apply_(acc, 1), layout)
+    return to_layout(requant.apply_(acc, 1), layout)
 
 
 # --------------------------------------------------------------------------- conv_transpose2d
@@ -297,8 +299,8 @@ def prepare_conv_transpose2d(
     c_in, c_og, kh, kw = q_w.shape
     if c_in % groups:
         raise ValueError(f"in channels {c_in} are not divisible by groups={groups}")
-    st, dl = _pair(stride, "stride", 1), _pair(dilation, "dilation", 1)
-    op = _pair(output_padding, "output_padding", 0)
+    st, dl = as_pair(stride, "stride", 1), as_pair(dilation, "dilation", 1)
+    op = as_pair(output_padding, "output_padding", 0)
     if op[0] >= max(st[0], dl[0]) or op[1] >= max(st[1], dl[1]):
         raise ValueError(f"output_padding {op} must be smaller than stride {st} or dilation {dl}")
     bias = bias_int64(bias_q, c_og * groups)
@@ -306,7 +308,7 @@ def prepare_conv_transpose2d(
     plans = tuple(plan_gemm(cols[g].contiguous()) for g in range(groups))
     per_out = q_w.to(torch.int64).abs().reshape(groups, c_in // groups, c_og, -1).sum((1, 3))
     return ConvTranspose2dWeights(
-        q_w, bias, st, _pair(padding, "padding", 0), op, dl, groups, plans,
+        q_w, bias, st, as_pair(padding, "padding", 0), op, dl, groups, plans,
         int(per_out.max()) if per_out.numel() else 0,
         int(bias.abs().max()) if bias.numel() else 0,
     )  # fmt: skip
@@ -314,7 +316,7 @@ def prepare_conv_transpose2d(
 
 def _conv_transpose2d_acc64(q_x: Tensor, zp: int, w: ConvTranspose2dWeights, layout: str) -> Tensor:
     check_activation(q_x, zp)
-    x = _to_nchw(q_x, layout)
+    x = nchw_view(q_x, layout)
     n, c_in, h, wd = x.shape
     if c_in != w.in_channels:
         raise ValueError(
@@ -358,7 +360,7 @@ def conv_transpose2d_acc(
 ) -> Tensor:
     """The int32 accumulator of a quantized transposed convolution, in ``layout``."""
     acc = _conv_transpose2d_acc64(q_x, x_zero_point, weights, layout)
-    return _from_nchw(acc.to(torch.int32), layout)
+    return to_layout(acc.to(torch.int32), layout)
 
 
 def conv_transpose2d(
@@ -371,4 +373,4 @@ def conv_transpose2d(
             f"requantizer has {requant.channels} channels, the layer {weights.out_channels}"
         )
     acc = _conv_transpose2d_acc64(q_x, x_zero_point, weights, layout)
-    return _from_nchw(requant.apply_(acc, 1), layout)
+    return to_layout(requant.apply_(acc, 1), layout)

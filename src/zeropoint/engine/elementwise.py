@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zeropoint.engine.conv import Layout, _from_nchw, _pair, _to_nchw
+from zeropoint.engine.conv import Layout, as_pair, nchw_view, to_layout
 from zeropoint.engine.fixedpoint import (
     INT32_MAX,
     INT32_MIN,
@@ -38,6 +38,13 @@ from zeropoint.engine.fixedpoint import (
     quantize_multipliers,
 )
 from zeropoint.engine.kernels import check_activation
+
+
+def _codes(q_x: object) -> Tensor:
+    """Raise TypeError unless ``q_x`` is an integer activation tensor (uint8, int8, int16)."""
+    if not isinstance(q_x, Tensor):
+        raise TypeError(f"q_x must be a torch.Tensor, got {type(q_x).__name__}")
+    return check_activation(q_x, 0 if q_x.dtype == torch.uint8 else -1)
 
 
 def _scale(s: float, name: str) -> float:
@@ -159,7 +166,7 @@ def concat(tensors: Sequence[Tensor], params: ConcatParams, dim: int = 1) -> Ten
 
 def clamp(q_x: Tensor, qmin: int, qmax: int) -> Tensor:
     """Clamp to [qmin, qmax] in the input dtype (ReLU, ReLU6 and hard clamps are all this)."""
-    lo, hi = dtype_range(q_x.dtype)
+    lo, hi = dtype_range(_codes(q_x).dtype)
     if not lo <= qmin <= qmax <= hi:
         raise ValueError(f"clamp [{qmin}, {qmax}] must lie inside {q_x.dtype}'s [{lo}, {hi}]")
     return q_x.clamp(qmin, qmax)
@@ -167,12 +174,13 @@ def clamp(q_x: Tensor, qmin: int, qmax: int) -> Tensor:
 
 def relu(q_x: Tensor, zero_point: int) -> Tensor:
     """ReLU in the quantized domain: real 0 is the code Z, so clamp below at Z."""
-    return clamp(q_x, *activation_range("relu", 1.0, zero_point, q_x.dtype))
+    return clamp(q_x, *activation_range("relu", 1.0, zero_point, _codes(q_x).dtype))
 
 
 def relu6(q_x: Tensor, scale: float, zero_point: int) -> Tensor:
     """ReLU6: clamp to [Z, Z + round(6/S)] (see `activation_range`)."""
-    return clamp(q_x, *activation_range("relu6", _scale(scale, "scale"), zero_point, q_x.dtype))
+    sc = _scale(scale, "scale")
+    return clamp(q_x, *activation_range("relu6", sc, zero_point, _codes(q_x).dtype))
 
 
 # --------------------------------------------------------------------------- pooling
@@ -188,14 +196,14 @@ def max_pool2d(
     Padding acts as qmin, the dtype minimum: torch pads with the lowest value, and since it
     requires padding ≤ kernel/2 every window holds a real element, so padding never wins.
     """
-    check_activation(q_x, dtype_range(q_x.dtype)[0])
-    x = _to_nchw(q_x, layout)
-    k = _pair(kernel_size, "kernel_size", 1)
-    s = k if stride is None else _pair(stride, "stride", 1)
+    _codes(q_x)
+    x = nchw_view(q_x, layout)
+    k = as_pair(kernel_size, "kernel_size", 1)
+    s = k if stride is None else as_pair(stride, "stride", 1)
     y = F.max_pool2d(
-        x, k, s, _pair(padding, "padding", 0), _pair(dilation, "dilation", 1), ceil_mode
+        x, k, s, as_pair(padding, "padding", 0), as_pair(dilation, "dilation", 1), ceil_mode
     )
-    return _from_nchw(y, layout)
+    return to_layout(y, layout)
 
 
 def _window_counts(size: int, out: int, k: int, s: int, p: int, include_pad: bool) -> Tensor:
@@ -237,10 +245,10 @@ def avg_pool2d(
 ) -> Tensor:  # fmt: skip
     """Average pooling, torch semantics; output (S, Z) defaults to the input's (module docstring)."""
     sx, sy, zy = _pool_qparams(q_x, x_zero_point, x_scale, out_scale, out_zero_point)
-    x = _to_nchw(q_x, layout)
-    k = _pair(kernel_size, "kernel_size", 1)
-    s = k if stride is None else _pair(stride, "stride", 1)
-    p = _pair(padding, "padding", 0)
+    x = nchw_view(q_x, layout)
+    k = as_pair(kernel_size, "kernel_size", 1)
+    s = k if stride is None else as_pair(stride, "stride", 1)
+    p = as_pair(padding, "padding", 0)
     lo, hi = dtype_range(q_x.dtype)
     exact32 = k[0] * k[1] * max(x_zero_point - lo, hi - x_zero_point) < (1 << 24)
     a = x.to(torch.float32 if exact32 else torch.float64) - x_zero_point
@@ -249,7 +257,7 @@ def avg_pool2d(
     ch = _window_counts(x.shape[2], h_out, k[0], s[0], p[0], count_include_pad)
     cw = _window_counts(x.shape[3], w_out, k[1], s[1], p[1], count_include_pad)
     y = _requantize_sums(sums, ch[:, None] * cw[None, :], sx, sy, zy, q_x.dtype)
-    return _from_nchw(y, layout)
+    return to_layout(y, layout)
 
 
 def global_avg_pool2d(
@@ -258,13 +266,13 @@ def global_avg_pool2d(
 ) -> Tensor:  # fmt: skip
     """Mean over H, W (keepdim): clamp(Z_y + MBQM(Σ(q − Z_x), S_x/(S_y·H·W)))."""
     sx, sy, zy = _pool_qparams(q_x, x_zero_point, x_scale, out_scale, out_zero_point)
-    x = _to_nchw(q_x, layout)
+    x = nchw_view(q_x, layout)
     count = x.shape[2] * x.shape[3]
     if count == 0:
         raise ValueError(f"global_avg_pool2d needs H·W > 0, got shape {tuple(q_x.shape)}")
     sums = (x.to(torch.int64) - x_zero_point).sum((2, 3), keepdim=True)
     y = _requantize_sums(sums, torch.tensor(count), sx, sy, zy, q_x.dtype)
-    return _from_nchw(y, layout)
+    return to_layout(y, layout)
 
 
 def flatten(q_x: Tensor, start_dim: int = 1, layout: Layout = "NCHW") -> Tensor:

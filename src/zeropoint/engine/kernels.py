@@ -114,6 +114,8 @@ def plan_gemm(q_w: Tensor, act_bound: int = 128) -> GemmPlan:
         raise TypeError(f"weights must be an int8 tensor (symmetric, Z_w = 0), got {got}")
     if q_w.dim() != 2:
         raise ValueError(f"weights must have shape (N, K), got {tuple(q_w.shape)}")
+    if not 1 <= act_bound <= 1 << 16:  # so that one column (≤ 128·act_bound) fits below 2^24
+        raise ValueError(f"act_bound must be in 1..65536, got {act_bound}")
     w64 = q_w.to(torch.int64)
     absw = w64.abs()
     abs_sums = absw.sum(1)
@@ -186,6 +188,7 @@ def check_int32_accumulator(
 
 
 def bias_int64(bias_q: Tensor | None, n_out: int) -> Tensor:
+    """Validate an int32 bias of shape (n_out,) (None: zeros) and widen it to int64."""
     if bias_q is None:
         return torch.zeros(n_out, dtype=torch.int64)
     if not isinstance(bias_q, Tensor) or bias_q.dtype != torch.int32:

@@ -68,16 +68,16 @@ def _smooth(p: Tensor, inside: Tensor, n_inside: Tensor, eps: float = 1e-4) -> T
 
 def _kl_thresholds(h: Tensor, t: Tensor, num_q: int) -> Tensor:
     """KL(P_t ‖ Q_t) for each candidate t (number of leading |x|-bins kept), vectorised."""
-    h = h[: int(t.max())]  # bins at or beyond every candidate only count as outliers
     total = h.sum()
+    h = h[: int(t.max())]  # bins at or beyond every candidate only count as outliers
     j = torch.arange(h.numel())
     inside = j.unsqueeze(0) < t.unsqueeze(1)  # (T, H)
     h_in = torch.where(inside, h.unsqueeze(0), torch.zeros((), dtype=h.dtype))
     rows = torch.arange(t.numel())
     p = h_in.clone()
     p[rows, t - 1] += total - h_in.sum(1)  # the outliers, into the last kept bin
-    merged = (t // num_q).clamp(min=1)
-    group = torch.clamp(j.unsqueeze(0) // merged.unsqueeze(1), max=num_q - 1)
+    # near-equal groups: bin j of the t kept bins goes to level ⌊j·num_q/t⌋
+    group = torch.clamp(j.unsqueeze(0) * num_q // t.unsqueeze(1), max=num_q - 1)
     nonzero = h_in > 0
     q_sum = torch.zeros(t.numel(), num_q, dtype=h.dtype).scatter_add_(1, group, h_in)
     q_cnt = torch.zeros(t.numel(), num_q, dtype=h.dtype).scatter_add_(1, group, nonzero.to(h.dtype))
@@ -91,7 +91,13 @@ def _kl_thresholds(h: Tensor, t: Tensor, num_q: int) -> Tensor:
 def entropy_threshold_bins(h: Tensor, num_q: int, chunk: int = 256) -> int:
     """The number of |x|-bins t ≥ num_q that minimises KL(P_t ‖ Q_t) (TensorRT's algorithm):
     P_t is the first t bins with all outliers added to the last, Q_t merges those t bins into
-    num_q quantization bins and spreads each back evenly over its non-empty bins."""
+    num_q quantization bins and spreads each back evenly over its non-empty bins.
+
+    One change from TensorRT: the t bins are split into num_q groups of near-equal size (bin j
+    to group ⌊j·num_q/t⌋). TensorRT merges ⌊t/num_q⌋ bins per group and puts the remainder into
+    the last group; for num_q ≤ t < 2·num_q that last group swallows up to half of the kept
+    bins, which makes KL spuriously small there and drags the threshold down (seen as a clip at
+    ~2·num_q bins on every post-ReLU activation of a CNN)."""
     nonzero = (h > 0).nonzero()
     if nonzero.numel() == 0:
         return 0
@@ -114,8 +120,13 @@ def entropy_range(hist: Histogram, scheme: Scheme) -> tuple[Tensor, Tensor]:
     """Clip |x| at the KL-optimal threshold T (Migacz 2017); range [−T, T] ∩ [min, max].
 
     Levels available on [0, T]: qmax for signed symmetric formats (128 for int8, as TensorRT);
-    all qmax − qmin of them when the data is one-sided and the scheme can place Z at an end."""
+    all qmax − qmin of them when the data is one-sided and the scheme can place Z at an end.
+    Exact zeros are left out of the distributions (see the comment in the code)."""
+    # Exact zeros (half of a post-ReLU activation) are represented exactly by every candidate,
+    # since Z is a level: they say nothing about the clip, yet as one huge spike in bin 0 they
+    # dominate KL whenever a quantization level merges bin 0 with its neighbours. Leave them out.
     abs_counts = hist.abs_counts()
+    abs_counts[:, 0] -= hist.zeros
     width = hist.bin_width
     one_sided = (hist.lo >= 0) | (hist.hi <= 0)
     t = torch.zeros(hist.rows, dtype=torch.float64)

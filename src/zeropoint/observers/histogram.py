@@ -44,6 +44,7 @@ class Histogram:
         self.count = torch.zeros(rows, dtype=torch.float64)
         self.sum = torch.zeros(rows, dtype=torch.float64)
         self.sum_sq = torch.zeros(rows, dtype=torch.float64)
+        self.zeros = torch.zeros(rows, dtype=torch.float64)  # exact zeros (e.g. after a ReLU)
 
     # ---------------------------------------------------------------- geometry
     @property
@@ -87,6 +88,7 @@ class Histogram:
         self.count += rows.shape[1]
         self.sum += rows.sum(1, dtype=torch.float64)
         self.sum_sq += (rows * rows).sum(1, dtype=torch.float64)
+        self.zeros += (rows == 0).sum(1).to(torch.float64)
         m = torch.maximum(lo.abs(), hi.abs())
         _, e = torch.frexp(m)  # m = f·2^e with f in [0.5, 1): 2^e > m
         needed = torch.where(m > 0, e.to(torch.int64), torch.full_like(self.exponent, NO_RANGE))
@@ -107,6 +109,7 @@ class Histogram:
         self.count += other.count
         self.sum += other.sum
         self.sum_sq += other.sum_sq
+        self.zeros += other.zeros
 
     def _grow(self, target: Tensor) -> None:
         self.counts = _rebin(self.counts, self.exponent, target, self.bins)

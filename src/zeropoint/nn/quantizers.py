@@ -1,0 +1,116 @@
+"""Quantizer modules: observe a tensor stream, then fake-quantize it with frozen QParams.
+
+`FakeQuant` is the module form of `zeropoint.functional.fake_quantize` with an observer attached.
+Its mode says what forward does:
+
+    "observe"   record statistics with the observer and pass x through unchanged (calibration)
+    "quantize"  x ↦ fake_quantize(x, qparams) with the frozen (S, Z) (simulation, export, QAT)
+    "dynamic"   choose (S, Z) from this very x (min-max, per tensor or per token), then quantize
+    "off"       pass x through
+
+For QAT the weight quantizer runs in mode "track": it re-derives (S, Z) from the current float
+weights on every forward (weights re-quantized from the float shadow after every update).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from zeropoint.functional import fake_quantize
+from zeropoint.observers.registry import calibrate, make_observer
+from zeropoint.qparams import QParams, Scheme
+
+MODES = ("observe", "quantize", "dynamic", "track", "off")
+
+
+class FakeQuant(nn.Module):
+    """An observer plus frozen quantization parameters for one tensor (a weight or an edge)."""
+
+    def __init__(
+        self,
+        scheme: Scheme,
+        observer: str = "minmax",
+        observer_options: dict[str, Any] | None = None,
+        mode: str = "observe",
+    ) -> None:
+        super().__init__()
+        self.scheme = scheme
+        self.observer_name = observer
+        self.observer_options = dict(observer_options or {})
+        self.observer = make_observer(observer, scheme, **self.observer_options)
+        self.register_buffer("scale", torch.empty(0))
+        self.register_buffer("zero_point", torch.empty(0, dtype=torch.int32))
+        self.axis: int | None = None
+        self.mode = mode
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"FakeQuant mode {value!r} is unknown: expected one of {MODES}")
+        self._mode = value
+
+    @property
+    def frozen(self) -> bool:
+        return self.scale.numel() > 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        mode = self._mode
+        if mode == "off":
+            return x
+        if mode == "observe":
+            self.observer.update(x)
+            return x
+        if mode in ("dynamic", "track"):
+            qp = calibrate(x.detach(), self.scheme, self.observer_name, **self.observer_options)
+            if mode == "track":
+                self.set_qparams(qp)
+            return fake_quantize(x, qp)
+        return fake_quantize(x, self.qparams())
+
+    def freeze(self) -> QParams:
+        """Take (S, Z) from the observer and switch to mode "quantize"."""
+        qp = self.observer.qparams()
+        self.set_qparams(qp)
+        self.mode = "quantize"
+        return qp
+
+    def set_qparams(self, qp: QParams) -> None:
+        if qp.scheme != self.scheme:
+            raise ValueError(
+                f"QParams scheme {qp.scheme} differs from this quantizer's {self.scheme}"
+            )
+        self.scale = qp.scale.detach().clone()
+        self.zero_point = qp.zero_point.detach().clone()
+        self.axis = qp.axis
+
+    def qparams(self) -> QParams:
+        """The frozen (S, Z); raises if the quantizer was never calibrated."""
+        if not self.frozen:
+            raise ValueError(
+                f"quantizer ({self.scheme}) has no quantization parameters: calibrate the model "
+                "(feed data in observe mode, then freeze/convert) before quantizing"
+            )
+        return QParams(self.scale, self.zero_point, self.scheme, self.axis)
+
+    def extra_repr(self) -> str:
+        text = f"{self.scheme}, observer={self.observer_name}, mode={self._mode}"
+        if self.frozen and self.scale.numel() == 1:
+            text += f", scale={self.scale.item():.4g}, zero_point={int(self.zero_point)}"
+        elif self.frozen:
+            text += f", scales={tuple(self.scale.shape)}"
+        return text
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # scale/zero_point change shape when frozen: adopt the stored shapes before loading
+        for name in ("scale", "zero_point"):
+            key = prefix + name
+            if key in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[key]))
+        super()._load_from_state_dict(state_dict, prefix, *args)

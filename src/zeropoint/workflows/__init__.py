@@ -1,0 +1,1 @@
+"""Model-level workflows: dynamic, static (prepare → calibrate → convert) and QAT."""

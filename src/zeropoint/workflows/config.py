@@ -1,0 +1,200 @@
+"""Quantization configs: plain frozen dataclasses, per-layer rules, and the common presets.
+
+A `QuantConfig` says how weights and activations are quantized by default, which layer types are
+quantized, and an ordered tuple of `LayerRule`s that override the default for layers matched by
+name (glob, or a regex prefixed with "re:") or type — the first matching rule wins. Layers named
+in ``skip`` stay in float.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from torch import nn
+
+from zeropoint.qparams import Scheme
+
+#: Weights: int8, scale-only (Z = 0), restricted range [−127, 127], per output channel.
+INT8_WEIGHT = Scheme(bits=8, symmetric=True, narrow=True, axis=0)
+#: Activations: uint8, affine (with a zero point), per tensor — ONNX Runtime's U8S8 fast path.
+UINT8_ACTIVATION = Scheme(bits=8, signed=False)
+
+QUANTIZABLE: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.ConvTranspose2d,
+)
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """Override for the layers it matches: by ``name`` pattern and/or by ``types``.
+
+    ``weight``/``activation`` replace the config's schemes (None: leave that part in float);
+    ``skip=True`` keeps the layer in float entirely.
+    """
+
+    name: str | None = None
+    types: tuple[type[nn.Module], ...] = ()
+    weight: Scheme | None = None
+    activation: Scheme | None = None
+    skip: bool = False
+
+    def matches(self, qualified_name: str, module: nn.Module) -> bool:
+        if self.types and not isinstance(module, self.types):
+            return False
+        if self.name is None:
+            return bool(self.types)
+        return name_matches(self.name, qualified_name)
+
+
+def name_matches(pattern: str, qualified_name: str) -> bool:
+    """Glob match ("encoder.*.dense"), or regex full match when the pattern starts with "re:"."""
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], qualified_name) is not None
+    return fnmatch.fnmatchcase(qualified_name, pattern)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What to quantize and how.
+
+    weight / activation: default schemes (activation None: weight-only quantization).
+    weight_observer / activation_observer: calibration methods (see `zeropoint.observers`).
+    dynamic: activations quantized per input at run time (per_token: one scale per token/row).
+    learnable: QAT quantizers — None (fake quant with moving-average min-max observers),
+        "lsq", "lsq+" or "pact" (PACT for activations, LSQ for weights).
+    first_last_bits: QAT at low widths often keeps the first and last layers at 8 bits; set to 8
+        to do that (None: every layer at the config's widths).
+    """
+
+    weight: Scheme | None = INT8_WEIGHT
+    activation: Scheme | None = UINT8_ACTIVATION
+    weight_observer: str = "minmax"
+    activation_observer: str = "minmax"
+    activation_observer_options: tuple[tuple[str, Any], ...] = ()
+    module_types: tuple[type[nn.Module], ...] = QUANTIZABLE
+    rules: tuple[LayerRule, ...] = ()
+    skip: tuple[str, ...] = ()
+    dynamic: bool = False
+    per_token: bool = False
+    learnable: str | None = None
+    first_last_bits: int | None = None
+    fold_bn: bool = True
+
+    def __post_init__(self) -> None:
+        if self.learnable not in (None, "lsq", "lsq+", "pact"):
+            raise ValueError(
+                f"learnable={self.learnable!r} is unknown: expected None, 'lsq', 'lsq+' or 'pact'"
+            )
+        if self.weight is None and self.activation is None:
+            raise ValueError("a config that quantizes neither weights nor activations does nothing")
+
+    def with_(self, **changes: Any) -> QuantConfig:
+        return replace(self, **changes)
+
+    def resolve(
+        self, qualified_name: str, module: nn.Module
+    ) -> tuple[Scheme | None, Scheme | None] | None:
+        """(weight scheme, activation scheme) for this layer, or None to leave it in float."""
+        if any(name_matches(p, qualified_name) for p in self.skip):
+            return None
+        for rule in self.rules:
+            if rule.matches(qualified_name, module):
+                return None if rule.skip else (rule.weight, rule.activation)
+        if not isinstance(module, self.module_types):
+            return None
+        return self.weight, self.activation
+
+    def check_names(self, model: nn.Module) -> None:
+        """Raise ValueError for a rule or skip pattern that matches no module of ``model``."""
+        names = [n for n, _ in model.named_modules() if n]
+        patterns = [r.name for r in self.rules if r.name is not None] + list(self.skip)
+        for pattern in patterns:
+            if not any(name_matches(pattern, n) for n in names):
+                raise ValueError(
+                    f"the config names layer {pattern!r}, but the model has no such module "
+                    f"(it has e.g. {names[:6]})"
+                )
+
+    @property
+    def observer_options(self) -> dict[str, Any]:
+        return dict(self.activation_observer_options)
+
+
+def int8_dynamic() -> QuantConfig:
+    """Weights int8 per channel; activations int8 per token, chosen at run time."""
+    return QuantConfig(
+        activation=Scheme(bits=8, signed=False),
+        dynamic=True,
+        per_token=True,
+        module_types=(nn.Linear,),
+    )
+
+
+def int8_static(observer: str = "minmax") -> QuantConfig:
+    """Weights int8 symmetric per channel, activations uint8 affine per tensor, calibrated."""
+    return QuantConfig(activation_observer=observer)
+
+
+def int4_weight_only(group_size: int = 32) -> QuantConfig:
+    """Weights int4 symmetric in groups of ``group_size`` along the input dimension; float
+    activations (the weight-loading bottleneck of transformers)."""
+    return QuantConfig(
+        weight=Scheme(bits=4, symmetric=True, group_size=group_size),
+        activation=None,
+        module_types=(nn.Linear,),
+    )
+
+
+def w4a4_qat(learnable: str | None = "lsq") -> QuantConfig:
+    return _low_bit_qat(4, learnable)
+
+
+def w2a2_qat(learnable: str | None = "lsq") -> QuantConfig:
+    return _low_bit_qat(2, learnable)
+
+
+def w3a3_qat(learnable: str | None = "lsq") -> QuantConfig:
+    return _low_bit_qat(3, learnable)
+
+
+def _low_bit_qat(bits: int, learnable: str | None) -> QuantConfig:
+    """b-bit weights (scale-only, full signed range [−2^(b−1), 2^(b−1) − 1] as in LSQ, per
+    channel) and activations (affine per tensor); the first and last layers stay at 8 bits, as
+    is usual in the low-bit QAT literature."""
+    return QuantConfig(
+        weight=Scheme(bits=bits, symmetric=True, axis=0),
+        activation=Scheme(bits=bits, signed=False),
+        activation_observer="moving_average",
+        learnable=learnable,
+        first_last_bits=8,
+    )
+
+
+PRESETS = {
+    "int8_dynamic": int8_dynamic,
+    "int8_static": int8_static,
+    "int4_weight_only": int4_weight_only,
+    "w4a4_qat": w4a4_qat,
+    "w3a3_qat": w3a3_qat,
+    "w2a2_qat": w2a2_qat,
+}
+
+__all__ = [
+    "INT8_WEIGHT",
+    "PRESETS",
+    "UINT8_ACTIVATION",
+    "LayerRule",
+    "QuantConfig",
+    "int4_weight_only",
+    "int8_dynamic",
+    "int8_static",
+    "w2a2_qat",
+    "w3a3_qat",
+    "w4a4_qat",
+]
