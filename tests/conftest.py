@@ -12,3 +12,30 @@ import torch
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+from zeropoint.zoo.digits import DigitsCNN, DigitsData, load_digits_data, train  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits(request: pytest.FixtureRequest) -> tuple[DigitsCNN, DigitsData]:
+    """The digits CNN trained on the digits split (seed 0, 20 epochs), cached across workers
+    and runs in pytest's cache directory (training takes ~20 s on one thread)."""
+    data = load_digits_data(seed=0)
+    cache = request.config.cache.mkdir("zeropoint-digits") if request.config.cache else None
+    path = cache / "digits_cnn_seed0_e20.pt" if cache else None
+    model = DigitsCNN()
+    if path is not None and path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        model.eval()
+        return model, data
+    torch.manual_seed(0)
+    train(model, data, epochs=20, seed=0)
+    if path is not None:
+        from zeropoint.report.files import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save(model.state_dict(), tmp)
+    return model, data

@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from zeropoint.qparams import QParams, Scheme, from_slices, slices_shape, to_slices
+from zeropoint.qparams import QParams, Scheme, to_slices
 
 
 def round_ste(v: Tensor) -> Tensor:
@@ -43,13 +43,17 @@ def grad_scale(s: Tensor, g: float) -> Tensor:
 
 
 class _Learnable(nn.Module):
-    """Shared state: a scheme, a lazily initialised parameter set, and the broadcast view."""
+    """Shared state: a scheme, parameters of a known size (one per slice: 1 per tensor, C per
+    channel) whose values are set from the first batch, and the broadcast view."""
 
-    def __init__(self, scheme: Scheme) -> None:
+    def __init__(self, scheme: Scheme, num_scales: int = 1) -> None:
         super().__init__()
         if scheme.group_size is not None:
             raise ValueError("learnable quantizers support per-tensor and per-channel schemes")
+        if (scheme.axis is None) != (num_scales == 1) and scheme.axis is None:
+            raise ValueError(f"a per-tensor scheme has one scale, not {num_scales}")
         self.scheme = scheme
+        self.num_scales = num_scales
         self.axis: int | None = None
         self.initialized: Tensor
         self.register_buffer("initialized", torch.tensor(False))
@@ -64,31 +68,38 @@ class _Learnable(nn.Module):
         return p.reshape(shape)
 
     def _rows(self, x: Tensor) -> Tensor:
-        return to_slices(x.detach().float(), self.scheme)
-
-    def _first_batch(self, x: Tensor) -> None:
+        rows = to_slices(x.detach().float(), self.scheme)
+        if rows.shape[0] != self.num_scales:
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.num_scales} scales but the tensor of "
+                f"shape {tuple(x.shape)} has {rows.shape[0]} slices under {self.scheme}"
+            )
         self.axis = self.scheme.resolve_axis(x.dim())
-        self.shape = slices_shape(x.shape, self.scheme)
+        return rows
 
     def _elements_per_scale(self, x: Tensor) -> int:
-        return max(1, x.numel() // max(1, math.prod(slices_shape(x.shape, self.scheme))))
+        return max(1, x.numel() // self.num_scales)
+
+    def _shaped(self, t: Tensor) -> Tensor:
+        return t.reshape(()) if self.scheme.axis is None else t
 
 
 class LSQ(_Learnable):
     """Learned Step Size Quantization: S learned, Z = 0 (signed or unsigned formats)."""
 
-    def __init__(self, scheme: Scheme) -> None:
-        super().__init__(scheme)
-        self.scale = nn.Parameter(torch.ones(0))
+    def __init__(self, scheme: Scheme, num_scales: int = 1) -> None:
+        super().__init__(scheme, num_scales)
+        self.scale = nn.Parameter(torch.ones(num_scales))
 
     def forward(self, x: Tensor) -> Tensor:
         qmin, qmax = self.scheme.qrange
         if not bool(self.initialized):
-            self._first_batch(x)
             mean_abs = self._rows(x).abs().mean(1)
-            init = (2 * mean_abs / math.sqrt(qmax)).clamp(min=1e-8)
-            self.scale = nn.Parameter(from_slices(init, x.shape, self.scheme).reshape(-1))
+            with torch.no_grad():
+                self.scale.copy_((2 * mean_abs / math.sqrt(qmax)).clamp(min=1e-8))
             self.initialized = torch.tensor(True)
+        elif self.axis is None and self.scheme.axis is not None:
+            self.axis = self.scheme.resolve_axis(x.dim())
         g = 1.0 / math.sqrt(self._elements_per_scale(x) * qmax)
         s = self._view(grad_scale(self.scale.abs() + 1e-12, g), x)
         return round_ste(torch.clamp(x / s, qmin, qmax)) * s
@@ -96,9 +107,7 @@ class LSQ(_Learnable):
     def qparams(self) -> QParams:
         scale = self.scale.detach().abs() + 1e-12
         zero = torch.zeros_like(scale, dtype=torch.int32)
-        if self.scheme.axis is None:
-            scale, zero = scale.reshape(()), zero.reshape(())
-        return QParams(scale, zero, self.scheme, self.axis)
+        return QParams(self._shaped(scale), self._shaped(zero), self.scheme, self.axis)
 
     def extra_repr(self) -> str:
         return f"LSQ {self.scheme}"
@@ -107,23 +116,24 @@ class LSQ(_Learnable):
 class LSQPlus(_Learnable):
     """LSQ+: learned step S and learned (rounded) zero point Z; asymmetric schemes."""
 
-    def __init__(self, scheme: Scheme) -> None:
-        super().__init__(scheme)
-        self.scale = nn.Parameter(torch.ones(0))
-        self.offset = nn.Parameter(torch.zeros(0))  # Z as a float; rounded (STE) when used
+    def __init__(self, scheme: Scheme, num_scales: int = 1) -> None:
+        super().__init__(scheme, num_scales)
+        self.scale = nn.Parameter(torch.ones(num_scales))
+        self.offset = nn.Parameter(torch.zeros(num_scales))  # Z as a float, rounded when used
 
     def forward(self, x: Tensor) -> Tensor:
         qmin, qmax = self.scheme.qrange
         if not bool(self.initialized):
-            self._first_batch(x)
             rows = self._rows(x)
             lo = rows.amin(1).clamp(max=0)
             hi = rows.amax(1).clamp(min=0)
             s = ((hi - lo) / (qmax - qmin)).clamp(min=1e-8)
-            z = qmin - lo / s
-            self.scale = nn.Parameter(from_slices(s, x.shape, self.scheme).reshape(-1))
-            self.offset = nn.Parameter(from_slices(z, x.shape, self.scheme).reshape(-1))
+            with torch.no_grad():
+                self.scale.copy_(s)
+                self.offset.copy_(qmin - lo / s)
             self.initialized = torch.tensor(True)
+        elif self.axis is None and self.scheme.axis is not None:
+            self.axis = self.scheme.resolve_axis(x.dim())
         g = 1.0 / math.sqrt(self._elements_per_scale(x) * (qmax - qmin))
         s = self._view(grad_scale(self.scale.abs() + 1e-12, g), x)
         z = self._view(round_ste(torch.clamp(grad_scale(self.offset, g), qmin, qmax)), x)
@@ -134,27 +144,35 @@ class LSQPlus(_Learnable):
         qmin, qmax = self.scheme.qrange
         scale = self.scale.detach().abs() + 1e-12
         zero = torch.round(self.offset.detach()).clamp(qmin, qmax).to(torch.int32)
-        if self.scheme.axis is None:
-            scale, zero = scale.reshape(()), zero.reshape(())
-        return QParams(scale, zero, self.scheme, self.axis)
+        return QParams(self._shaped(scale), self._shaped(zero), self.scheme, self.axis)
 
     def extra_repr(self) -> str:
         return f"LSQ+ {self.scheme}"
 
 
 class PACT(nn.Module):
-    """Parameterized clipping activation: y = clamp(x, 0, α), quantized on [0, α]."""
+    """Parameterized clipping activation: y = clamp(x, 0, α), quantized on [0, α].
 
-    def __init__(self, scheme: Scheme, alpha: float = 6.0) -> None:
+    α is a parameter from construction; its value is set from the first batch to
+    2·mean|x|·√qmax (the clip LSQ's initial step implies), unless given explicitly."""
+
+    def __init__(self, scheme: Scheme, alpha: float | None = None) -> None:
         super().__init__()
         if scheme.signed or scheme.axis is not None or scheme.group_size is not None:
             raise ValueError(f"PACT quantizes non-negative activations per tensor; got {scheme}")
         self.scheme = scheme
-        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        self.alpha = nn.Parameter(torch.tensor(6.0 if alpha is None else float(alpha)))
+        self.initialized: Tensor
+        self.register_buffer("initialized", torch.tensor(alpha is not None))
         self.axis = None
 
     def forward(self, x: Tensor) -> Tensor:
         qmax = self.scheme.qmax
+        if not bool(self.initialized):
+            with torch.no_grad():
+                init = 2 * x.detach().abs().mean() * math.sqrt(qmax)
+                self.alpha.fill_(float(init.clamp(min=1e-3)))
+            self.initialized = torch.tensor(True)
         alpha = self.alpha.abs() + 1e-8
         # clamp(x, 0, α) = x − relu(x − α): the gradient w.r.t. α is 1 where x ≥ α
         y = torch.relu(x) - torch.relu(x - alpha)

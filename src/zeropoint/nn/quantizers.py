@@ -6,6 +6,8 @@ Its mode says what forward does:
     "observe"   record statistics with the observer and pass x through unchanged (calibration)
     "quantize"  x ↦ fake_quantize(x, qparams) with the frozen (S, Z) (simulation, export, QAT)
     "dynamic"   choose (S, Z) from this very x (min-max, per tensor or per token), then quantize
+    "learn"     QAT activations: update the observer (e.g. a moving average), then quantize with
+                the range it holds now (torch.ao's FakeQuantize with its observer enabled)
     "off"       pass x through
 
 For QAT the weight quantizer runs in mode "track": it re-derives (S, Z) from the current float
@@ -23,7 +25,7 @@ from zeropoint.functional import fake_quantize
 from zeropoint.observers.registry import calibrate, make_observer
 from zeropoint.qparams import QParams, Scheme
 
-MODES = ("observe", "quantize", "dynamic", "track", "off")
+MODES = ("observe", "quantize", "dynamic", "track", "learn", "off")
 
 
 class FakeQuant(nn.Module):
@@ -67,6 +69,11 @@ class FakeQuant(nn.Module):
         if mode == "observe":
             self.observer.update(x)
             return x
+        if mode == "learn":
+            self.observer.update(x)
+            qp = self.observer.qparams()
+            self.set_qparams(qp)
+            return fake_quantize(x, qp)
         if mode in ("dynamic", "track"):
             qp = calibrate(x.detach(), self.scheme, self.observer_name, **self.observer_options)
             if mode == "track":

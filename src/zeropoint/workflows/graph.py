@@ -7,11 +7,11 @@ quantizer is placed on every tensor edge that integer inference needs quantized:
   * the model's floating-point inputs;
   * the output of every quantized layer, residual add and concatenation — after the ReLU/ReLU6
     that follows it, when there is one (fused: in integers a ReLU is a clamp of the output range);
+  * the output of average pooling (the mean of levels lies between levels: it is re-quantized);
   * any other float tensor that feeds a quantized layer or an add/concat of quantized tensors.
 
 Ops that do not change the quantization grid pass their input's parameters through: max pooling,
-average pooling, flatten/reshape/view, dropout, identity, and a ReLU on an already quantized
-tensor. The result keeps the model's class: the model object gets the swapped layers and an
+flatten/reshape/view, dropout, identity, and a ReLU on an already quantized tensor. The result keeps the model's class: the model object gets the swapped layers and an
 `act_quant` ModuleDict of activation quantizers, and its forward runs the instrumented graph.
 
 A model that torch.fx cannot capture (data-dependent control flow, e.g. Hugging Face modules)
@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from zeropoint.fold import fold_bn
-from zeropoint.nn.modules import SIMULATION_MODULES, QuantMixin
+from zeropoint.nn.convbn import QuantConvBn2d
+from zeropoint.nn.modules import SIMULATION_MODULES, QuantConv2d, QuantMixin
 from zeropoint.qparams import Scheme
 from zeropoint.workflows.config import QuantConfig
 
@@ -41,29 +42,20 @@ ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 ACTIVATION_FUNCTIONS: set[Any] = {F.relu, torch.relu, F.relu6, F.hardtanh, torch.clamp}
 ACTIVATION_METHODS = {"relu", "relu_", "clamp"}
 PASSTHROUGH_MODULES = (
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.Flatten,
-    nn.Dropout,
-    nn.Identity,
-    *ACTIVATION_MODULES,
-)
+    nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity, *ACTIVATION_MODULES,
+)  # fmt: skip
 PASSTHROUGH_FUNCTIONS: set[Any] = {
-    torch.flatten,
-    F.max_pool1d,
-    F.max_pool2d,
+    torch.flatten, F.max_pool1d, F.max_pool2d, F.dropout, torch.reshape, operator.getitem,
+    *ACTIVATION_FUNCTIONS,
+}  # fmt: skip
+#: Average pooling produces values between the input's levels: its output is re-quantized (to
+#: its own calibrated grid), as integer inference rounds the mean.
+AVGPOOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+AVGPOOL_FUNCTIONS: set[Any] = {
     F.avg_pool1d,
     F.avg_pool2d,
     F.adaptive_avg_pool1d,
     F.adaptive_avg_pool2d,
-    F.dropout,
-    torch.reshape,
-    operator.getitem,
-    *ACTIVATION_FUNCTIONS,
 }
 PASSTHROUGH_METHODS = {
     "view",
@@ -134,6 +126,12 @@ def is_merge(node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in MERGE_METHODS
 
 
+def is_avgpool(node: fx.Node, root: nn.Module) -> bool:
+    if node.op == "call_module":
+        return isinstance(module_of(root, node), AVGPOOL_MODULES)
+    return node.op == "call_function" and node.target in AVGPOOL_FUNCTIONS
+
+
 def tensor_inputs(node: fx.Node) -> list[fx.Node]:
     """The fx.Node arguments of ``node`` (flattening list arguments such as torch.cat's)."""
     found: list[fx.Node] = []
@@ -154,8 +152,14 @@ def trace(model: nn.Module) -> tuple[fx.GraphModule | None, str]:
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def fold_batchnorms(gm: fx.GraphModule, root: nn.Module) -> list[tuple[str, str]]:
-    """Fold every BN that directly follows a conv/linear whose output has no other user."""
+def fold_batchnorms(
+    gm: fx.GraphModule, root: nn.Module, qat: bool = False
+) -> list[tuple[str, str]]:
+    """Fold every BN that directly follows a conv/linear whose output has no other user.
+
+    qat=False: the inference form (`zeropoint.fold.fold_bn`, running statistics).
+    qat=True: a QuantConv2d + BatchNorm2d pair becomes a `QuantConvBn2d` (batch statistics while
+    training, Jacob et al. 2018); other pairs are folded in the inference form."""
     folded = []
     for node in list(gm.graph.nodes):
         bn = module_of(root, node)
@@ -167,7 +171,10 @@ def fold_batchnorms(gm: fx.GraphModule, root: nn.Module) -> list[tuple[str, str]
         layer = module_of(root, producer)
         if not isinstance(layer, nn.Linear | nn.Conv1d | nn.Conv2d | nn.ConvTranspose2d):
             continue
-        fold_bn(layer, bn)
+        if qat and isinstance(layer, QuantConv2d) and isinstance(bn, nn.BatchNorm2d):
+            root.set_submodule(str(producer.target), QuantConvBn2d.from_conv_bn(layer, bn))
+        else:
+            fold_bn(layer, bn)
         node.replace_all_uses_with(producer)
         gm.graph.erase_node(node)
         root.set_submodule(str(node.target), nn.Identity())
@@ -185,7 +192,7 @@ def instrument(
     workflow: str,
     make_weight_quant: Callable[[Scheme, str], nn.Module],
     make_act_quant: Callable[[Scheme, str], nn.Module],
-    fold: bool = True,
+    batchnorm: str = "fold",
     inplace: bool = False,
 ) -> nn.Module:
     """Swap layers and place activation quantizers (see the module docstring)."""
@@ -211,10 +218,13 @@ def instrument(
                 layer.input_quant = make_act_quant(act, name + ".input")
         model.__dict__["_zeropoint"] = state
         return model
-    if fold and config.fold_bn:
-        state.folded = fold_batchnorms(gm, model)
+    if batchnorm != "keep" and config.fold_bn:
+        state.folded = fold_batchnorms(gm, model, qat=batchnorm == "qat")
     _place_activation_quantizers(gm, model, quantized_layers, config, make_act_quant, state)
     gm = fx.GraphModule(model, gm.graph, class_name=f"{type(model).__name__}Quantized")
+    # The graph module looks its submodules up in the model's own module dict, so that a later
+    # swap in the model (QAT conversion, loading) is what the graph runs: no stale copies.
+    gm.__dict__["_modules"] = model._modules
     state.graph_module = gm
     model.__dict__["_zeropoint"] = state
     model.__dict__["forward"] = gm.forward
@@ -295,6 +305,9 @@ def _place_activation_quantizers(
             if len(users) == 1 and is_activation(users[0], model):
                 continue  # the activation after it takes the quantizer
             insert_after(node, scheme_for(node))
+        elif is_avgpool(node, model):
+            quantize_inputs(node)
+            insert_after(node, default)
         elif is_merge(node):
             quantize_inputs(node)
             users = list(node.users)

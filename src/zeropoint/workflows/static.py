@@ -119,8 +119,14 @@ def calibrate_model(
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Freeze every quantizer: (S, Z) from the observers (activations) and from the weights."""
+    """Freeze every quantizer: activations take (S, Z) from their observers (PTQ) or their
+    learned values (QAT); weights from the final weights. The result is the simulation that
+    `zp.to_integer` lowers and `zp.export_onnx` exports."""
     state = state_of(model)
+    if state.workflow == "qat":
+        from zeropoint.workflows.qat import finalize_qat
+
+        finalize_qat(model)
     for q in activation_quantizers(model):
         if q.mode == "observe":
             if q.observer.num_batches == 0:
@@ -130,14 +136,13 @@ def convert(model: nn.Module) -> nn.Module:
                 )
             q.freeze()
     for module in model.modules():
-        if isinstance(module, QuantMixin) and module.weight_quant is not None:
-            wq = module.weight_quant
-            if isinstance(wq, FakeQuant):
-                wq.set_qparams(
-                    calibrate(module._weight_view().detach(), wq.scheme, wq.observer_name)
-                )
-                wq.mode = "quantize"
-    state.workflow = "static" if state.workflow == "static" else state.workflow
+        if not isinstance(module, QuantMixin):
+            continue
+        wq = module.weight_quant
+        if isinstance(wq, FakeQuant) and wq.mode == "track":
+            weight = module._weight_view().detach()
+            wq.set_qparams(calibrate(weight, wq.scheme, wq.observer_name))
+            wq.mode = "quantize"
     model.eval()
     return model
 
