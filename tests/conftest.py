@@ -14,9 +14,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-import pytest  # noqa: E402
+import pytest
 
-from zeropoint.zoo.digits import DigitsCNN, DigitsData, load_digits_data, train  # noqa: E402
+from zeropoint.zoo.digits import DigitsCNN, DigitsData, load_digits_data, train
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,11 @@ def _randomize_bn(bn: nn.modules.batchnorm._BatchNorm, seed: int) -> None:
         (nn.Conv1d(4, 6, 5), nn.BatchNorm1d(6), (3, 4, 20)),
         (nn.Linear(10, 7), nn.BatchNorm1d(7), (5, 10)),
         (nn.ConvTranspose2d(6, 4, 2, stride=2), nn.BatchNorm2d(4), (2, 6, 5, 5)),
-        (nn.ConvTranspose2d(6, 4, 3, stride=2, groups=2, bias=False), nn.BatchNorm2d(4), (2, 6, 5, 5)),
+        (
+            nn.ConvTranspose2d(6, 4, 3, stride=2, groups=2, bias=False),
+            nn.BatchNorm2d(4),
+            (2, 6, 5, 5),
+        ),
     ],
     ids=["conv", "depthwise", "conv1d", "linear", "convT", "convT-groups"],
 )

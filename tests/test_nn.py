@@ -11,7 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import zeropoint as zp
-from zeropoint.nn import LSQ, PACT, FakeQuant, LSQPlus, QuantConvTranspose2d, QuantEmbedding, QuantLinear
+from zeropoint.nn import (
+    LSQ,
+    PACT,
+    FakeQuant,
+    LSQPlus,
+    QuantConvTranspose2d,
+    QuantEmbedding,
+    QuantLinear,
+)
 from zeropoint.nn.convbn import QuantConvBn2d
 from zeropoint.nn.modules import QuantConv2d
 from zeropoint.qparams import Scheme
@@ -137,7 +145,9 @@ def test_qat_conv_bn_folds_batch_statistics_while_training() -> None:
     ref_float = F.conv2d(x, conv.weight, conv.bias, padding=1)
     mu, var = ref_float.mean((0, 2, 3)), ref_float.var((0, 2, 3), unbiased=False)
     s = bn.weight / torch.sqrt(var + bn.eps)
-    expected = F.conv2d(x, conv.weight * s.reshape(-1, 1, 1, 1), bn.bias + (conv.bias - mu) * s, padding=1)
+    expected = F.conv2d(
+        x, conv.weight * s.reshape(-1, 1, 1, 1), bn.bias + (conv.bias - mu) * s, padding=1
+    )
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
     # ... which is nn.BatchNorm2d's training output, with running statistics updated alike
     reference_bn = nn.BatchNorm2d(5)

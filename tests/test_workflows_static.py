@@ -10,7 +10,13 @@ import zeropoint as zp
 from zeropoint.nn import FakeQuant, QuantConv2d, QuantConvTranspose2d, QuantLinear
 from zeropoint.workflows.config import LayerRule, QuantConfig, int8_static
 from zeropoint.workflows.graph import state_of
-from zeropoint.workflows.static import calibrate_model, calibrating, convert, prepare, quantize_static
+from zeropoint.workflows.static import (
+    calibrate_model,
+    calibrating,
+    convert,
+    prepare,
+    quantize_static,
+)
 from zeropoint.zoo.digits import DigitsCNN, DigitsData, accuracy
 
 
@@ -45,7 +51,9 @@ def test_w8a8_minmax_within_half_a_point_of_fp32(digits: tuple[DigitsCNN, Digits
     fp32 = accuracy(model, data.x_test, data.y_test)
     results = {}
     for observer in ("minmax", "percentile", "entropy", "mse", "aciq"):
-        q = quantize_static(model, data.calibration_batches(), int8_static(observer), progress=False)
+        q = quantize_static(
+            model, data.calibration_batches(), int8_static(observer), progress=False
+        )
         results[observer] = accuracy(q, data.x_test, data.y_test)
     assert fp32 >= 97.0
     assert results["minmax"] >= fp32 - 0.5

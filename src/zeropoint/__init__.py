@@ -7,25 +7,67 @@ qt = zp.quantize(x, qp); xh = zp.dequantize(qt)    # r = S·(q − Z)
 """
 
 from zeropoint import formats, observers
+from zeropoint.export.checkpoint import load, save
+from zeropoint.export.onnx import export_onnx
+from zeropoint.fold import fold_bn
 from zeropoint.functional import dequantize, fake_quantize, quantize, quantize_int
 from zeropoint.observers import calibrate
 from zeropoint.qparams import QParams, Scheme, qparams_from_range
 from zeropoint.qtensor import QTensor
 from zeropoint.quantizer import Quantizer
+from zeropoint.workflows.config import (
+    PRESETS,
+    LayerRule,
+    QuantConfig,
+    int4_weight_only,
+    int8_dynamic,
+    int8_static,
+    w2a2_qat,
+    w3a3_qat,
+    w4a4_qat,
+)
+from zeropoint.workflows.qat import freeze_bn, prepare_qat
+from zeropoint.workflows.static import (
+    calibrate_model,
+    calibrating,
+    convert,
+    prepare,
+    quantize_static,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRESETS",
+    "LayerRule",
     "QParams",
+    "QuantConfig",
     "QTensor",
     "Quantizer",
     "Scheme",
     "calibrate",
+    "calibrate_model",
+    "calibrating",
+    "convert",
     "dequantize",
+    "export_onnx",
+    "fold_bn",
+    "freeze_bn",
     "fake_quantize",
     "formats",
+    "int4_weight_only",
+    "int8_dynamic",
+    "int8_static",
+    "load",
     "observers",
+    "prepare",
+    "prepare_qat",
     "qparams_from_range",
     "quantize",
     "quantize_int",
+    "quantize_static",
+    "save",
+    "w2a2_qat",
+    "w3a3_qat",
+    "w4a4_qat",
 ]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from zeropoint.functional import quantize_int
 from zeropoint.nn.modules import (
     QuantConv1d,
     QuantConv2d,
@@ -32,7 +33,7 @@ from zeropoint.nn.modules import (
     QuantMixin,
 )
 from zeropoint.nn.quantizers import FakeQuant
-from zeropoint.qparams import QParams
+from zeropoint.qparams import QParams, Scheme
 from zeropoint.workflows import graph as g
 from zeropoint.workflows.graph import state_of
 
@@ -256,4 +257,21 @@ def _passthrough_kind(
     return "reshape", {}
 
 
-__all__ = ["LAYER_KINDS", "QGraph", "QOp", "build_qgraph"]
+def quantize_bias(bias: Tensor, x_qp: QParams, w_qp: QParams) -> tuple[QParams, Tensor]:
+    """The int32 bias of a layer: scale S_b = S_x·S_w (per output channel when the weights are),
+    zero point 0, codes q_b = round(b / S_b) — so that the int32 accumulator Σ q_x·q_w + q_b is
+    in units of S_x·S_w. S_b is rounded to float32, as ONNX stores it."""
+    if x_qp.scale.dim() != 0:
+        raise ValueError("a layer's input must be quantized per tensor")
+    scale = (x_qp.scale.double() * w_qp.scale.double()).to(torch.float32).reshape(-1)
+    per_channel = w_qp.scale.dim() > 0
+    scheme = Scheme(bits=32, symmetric=True, axis=0 if per_channel else None)
+    if not per_channel:
+        scale = scale.reshape(())
+    qp = QParams(
+        scale, torch.zeros_like(scale, dtype=torch.int32), scheme, 0 if per_channel else None
+    )
+    return qp, quantize_int(bias.detach().float(), qp)
+
+
+__all__ = ["LAYER_KINDS", "QGraph", "QOp", "build_qgraph", "quantize_bias"]

@@ -1,0 +1,1 @@
+"""Export: ONNX (QDQ) for ONNX Runtime, and checkpoints (safetensors + JSON encodings)."""
