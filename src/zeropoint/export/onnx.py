@@ -105,10 +105,10 @@ def _pair(v: Any, n: int = 2) -> list[int]:
 
 
 def _layer(b: _Builder, op: QOp, graph: QGraph, x: str) -> str:
-    module = op.module
+    module: Any = op.module  # a QuantConv2d / QuantConvTranspose2d / QuantLinear
     assert module is not None
     wqp: QParams = op.attrs["weight_qparams"]
-    weight = module.float_weight.detach()  # type: ignore[union-attr]
+    weight = module.float_weight.detach()
     w = b.dq_const(quantize_int(weight, wqp), wqp, f"{op.output}_weight", _elem_type(wqp))
     inputs = [x, w]
     bias = getattr(module, "bias", None)
@@ -122,14 +122,14 @@ def _layer(b: _Builder, op: QOp, graph: QGraph, x: str) -> str:
     if op.kind == "linear":
         return b.node("Gemm", inputs, transB=1)
     attrs: dict[str, Any] = {
-        "strides": _pair(module.stride),  # type: ignore[union-attr]
-        "dilations": _pair(module.dilation),  # type: ignore[union-attr]
-        "group": int(module.groups),  # type: ignore[union-attr]
+        "strides": _pair(module.stride),
+        "dilations": _pair(module.dilation),
+        "group": int(module.groups),
     }
-    pad = _pair(module.padding)  # type: ignore[union-attr]
+    pad = _pair(module.padding)
     attrs["pads"] = pad + pad
     if op.kind == "conv_transpose2d":
-        attrs["output_padding"] = _pair(module.output_padding)  # type: ignore[union-attr]
+        attrs["output_padding"] = _pair(module.output_padding)
         return b.node("ConvTranspose", inputs, **attrs)
     return b.node("Conv", inputs, **attrs)
 
