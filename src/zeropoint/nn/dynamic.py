@@ -1,0 +1,164 @@
+"""Linear layers for dynamic and weight-only quantization (transformers' Linear-bound workloads).
+
+`DynamicQuantLinear`: int8 weights, symmetric per output channel (Z = 0, [−127, 127]); the
+activations are quantized at run time from each input — per token (one scale per row of the
+flattened input) or per tensor. Per-token quantization is done through fbgemm's fast dynamic int8
+GEMM, which quantizes its input per tensor, by normalising each row first:
+
+    x̃_i = x_i / m_i,  m_i = max_k |x_ik|        (every row of x̃ spans [−1, 1])
+    y_i = m_i · (W x̃_i) + b                     (exact: W is linear)
+
+so fbgemm's per-tensor quantization of x̃ is a per-token quantization of x with scale
+m_i·(2/255), and the int8×int8→int32 GEMM runs at fbgemm's speed. Where fbgemm is not available
+the same arithmetic runs as an exact float simulation.
+
+`WeightOnlyLinear`: weights stored as integer codes (e.g. int4 in groups of 32 along the input
+dimension, packed two per byte), activations in float; the weight is dequantized on the fly.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zeropoint.functional import dequantize_int, fake_quantize, quantize_int
+from zeropoint.observers.registry import calibrate
+from zeropoint.qparams import QParams, Scheme
+from zeropoint.qtensor import QTensor
+
+INT8_CHANNEL = Scheme(bits=8, symmetric=True, narrow=True, axis=0)
+
+
+def fbgemm_available() -> bool:
+    """True when torch's x86/fbgemm quantized engine (dynamic int8 Linear) can run here."""
+    return torch.backends.quantized.engine in ("x86", "fbgemm") and hasattr(
+        torch.ops.quantized, "linear_dynamic"
+    )
+
+
+class DynamicQuantLinear(nn.Linear):
+    """int8 per-channel weights; activations quantized per token (or per tensor) at run time."""
+
+    def __init__(
+        self,
+        layer: nn.Linear,
+        weight_scheme: Scheme = INT8_CHANNEL,
+        per_token: bool = True,
+        reduce_range: bool = False,
+        use_fbgemm: bool | None = None,
+    ) -> None:
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        if weight_scheme.bits != 8 or not weight_scheme.symmetric or weight_scheme.group_size:
+            raise ValueError(
+                f"dynamic int8 Linear needs int8 symmetric weights, got {weight_scheme}"
+            )
+        w = layer.weight.detach().float()
+        self.weight_qparams = calibrate(w, weight_scheme)
+        codes = quantize_int(w, self.weight_qparams)
+        # the dequantized weight is what this layer computes with: keep it as `weight`
+        self.weight = nn.Parameter(dequantize_int(codes, self.weight_qparams), requires_grad=False)
+        self.bias = (
+            None
+            if layer.bias is None
+            else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+        )
+        self.register_buffer("weight_codes", codes)
+        self.per_token = per_token
+        self.reduce_range = reduce_range
+        self.use_fbgemm = fbgemm_available() if use_fbgemm is None else use_fbgemm
+        self._packed = self._pack() if self.use_fbgemm else None
+
+    def _pack(self) -> object:
+        qp = self.weight_qparams
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if qp.scale.dim() == 0:
+                qw = torch._make_per_tensor_quantized_tensor(
+                    self.weight_codes, float(qp.scale), int(qp.zero_point)
+                )
+            else:
+                qw = torch._make_per_channel_quantized_tensor(
+                    self.weight_codes, qp.scale.double(), qp.zero_point.long(), 0
+                )
+            return torch.ops.quantized.linear_prepack(qw, None)
+
+    def _activation_scale(self, x2d: Tensor) -> Tensor:
+        if self.per_token:
+            return x2d.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)
+        return x2d.abs().amax().clamp(min=1e-30).reshape(1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        x2d = x.reshape(-1, self.in_features).float()
+        m = self._activation_scale(x2d)
+        xn = x2d / m
+        if self._packed is not None:
+            y = torch.ops.quantized.linear_dynamic(xn, self._packed, self.reduce_range)
+        else:
+            y = F.linear(self.simulate_activation(xn), self.weight)
+        y = y * m
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def simulate_activation(self, xn: Tensor) -> Tensor:
+        """The quantization fbgemm applies to the normalised input, in float: uint8 affine over
+        [min(x̃), max(x̃)] ∪ {0} (7-bit [0, 127] with reduce_range)."""
+        scheme = Scheme(bits=7 if self.reduce_range else 8, signed=False)
+        return fake_quantize(xn, calibrate(xn, scheme))
+
+    def extra_repr(self) -> str:
+        kernel = "fbgemm" if self._packed is not None else "simulated"
+        act = "per-token" if self.per_token else "per-tensor"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"weight={self.weight_qparams.scheme}, activations=uint8 {act} dynamic, kernel={kernel}"
+        )
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state["_packed"] = None  # re-packed on load
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        if self.use_fbgemm:
+            self._packed = self._pack()
+
+
+class WeightOnlyLinear(nn.Linear):
+    """Integer weight codes (packed when ≤ 4 bits) with float activations; W dequantized per call."""
+
+    def __init__(self, layer: nn.Linear, weight_scheme: Scheme) -> None:
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        w = layer.weight.detach().float()
+        qp = calibrate(w, weight_scheme)
+        qt = QTensor.from_int(quantize_int(w, qp), qp)
+        self.weight_qparams: QParams = qp
+        self.register_buffer("weight_data", qt.data)
+        self.weight_shape = qt.shape
+        self.packed = qt.packed
+        self.bias = (
+            None
+            if layer.bias is None
+            else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+        )
+        self.register_parameter("weight", None)
+
+    def dequantized_weight(self) -> Tensor:
+        qt = QTensor(self.weight_data, self.weight_qparams, self.weight_shape, self.packed)
+        return qt.dequantize()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"weight={self.weight_qparams.scheme} (packed={self.packed}), activations=float"
+        )
