@@ -337,6 +337,35 @@ def test_requantizer_mixed_multipliers_and_zero_points(
         assert got[:, c].tolist() == expect, m
 
 
+def test_requantizer_blocks_any_layout_and_float_input() -> None:
+    # the output stage works through row blocks; check layouts that take each branch:
+    # channels innermost, channels outer (contiguous), non-dense views, 0-d, float accumulators
+    gen = torch.Generator().manual_seed(8)
+    mult = torch.rand(3, generator=gen, dtype=torch.float64) * 1e-3 + 1e-4
+    r = Requantizer.from_multiplier(mult, 7, torch.uint8)
+    pairs = [quantize_multiplier(float(m)) for m in mult]
+
+    def expect(acc: torch.Tensor, axis: int) -> torch.Tensor:
+        moved = acc.movedim(axis, -1).reshape(-1, 3).long()
+        cols = [[min(max(7 + ref_mbqm(int(a), *pairs[c]), 0), 255) for a in moved[:, c]]
+                for c in range(3)]  # fmt: skip
+        return torch.tensor(cols).t().reshape(acc.movedim(axis, -1).shape).movedim(-1, axis)
+
+    cases = [
+        (torch.randint(-(10**6), 10**6, (12000, 3), generator=gen), -1),  # two row blocks
+        (torch.randint(-(10**6), 10**6, (3, 33000), generator=gen), 0),  # rows wider than a block
+        (torch.randint(-(10**6), 10**6, (2, 3, 5, 7), generator=gen), 1),
+        (torch.randint(-(10**6), 10**6, (2, 5, 7, 3), generator=gen).permute(0, 3, 1, 2), 1),
+        (torch.randint(-(10**6), 10**6, (6, 9), generator=gen)[::2, ::3].t(), 1),  # not dense
+    ]
+    for acc, axis in cases:
+        got = r.apply(acc, axis)
+        assert got.shape == acc.shape and torch.equal(got.long(), expect(acc, axis))
+        assert torch.equal(r.apply(acc.to(torch.float32), axis), got)  # exact float input
+    scalar = Requantizer.from_multiplier(0.01, 3, torch.int8)
+    assert scalar(torch.tensor(1000, dtype=torch.int32)).item() == 13
+
+
 def test_relu6_range_and_requantizer_validation() -> None:
     assert activation_range("relu6", 6 / 200, 20, torch.uint8) == (20, 220)
     assert activation_range("relu6", 0.01, 20, torch.uint8) == (20, 255)

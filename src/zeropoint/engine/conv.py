@@ -49,6 +49,7 @@ from zeropoint.engine.kernels import (
     activation_bound,
     bias_int64,
     centred_float,
+    centred_into,
     check_activation,
     check_int32_accumulator,
     exact_matmul,
@@ -97,16 +98,14 @@ def to_layout(y: Tensor, layout: str) -> Tensor:
 
 def _centred_padded(x: Tensor, zero_point: int, padding: tuple[int, int]) -> Tensor:
     """float32 (N, C, H + 2p, W + 2p), channels-last memory: q − c, padded with Z_x − c."""
-    c = ACTIVATION_CENTRE[x.dtype]
     n, ch, h, w = x.shape
     ph, pw = padding
-    shape = (n, ch, h + 2 * ph, w + 2 * pw)
-    cl = torch.channels_last
-    if ph or pw:
-        out = torch.empty(shape, memory_format=cl).fill_(float(zero_point - c))
-    else:
-        out = torch.empty(shape, memory_format=cl)
-    torch.sub(x, float(c), out=out[:, :, ph : ph + h, pw : pw + w])  # one pass, any layout
+    out = torch.empty((n, ch, h + 2 * ph, w + 2 * pw), memory_format=torch.channels_last)
+    pad = float(zero_point - ACTIVATION_CENTRE[x.dtype])
+    for border in (out[:, :, :ph], out[:, :, ph + h :], out[:, :, :, :pw], out[:, :, :, pw + w :]):
+        border.fill_(pad)
+    inner = out[:, :, ph : ph + h, pw : pw + w]
+    centred_into(x.permute(0, 2, 3, 1), inner.permute(0, 2, 3, 1))  # pixel rows, any layout
     return out
 
 
@@ -183,8 +182,9 @@ def _conv_method(q_x: Tensor, w: Conv2dWeights, method: str) -> str:
     return method
 
 
-def _conv2d_acc64(q_x: Tensor, zp: int, w: Conv2dWeights, layout: str, method: str) -> Tensor:
-    """Exact int64 accumulators, (N, C_out, H_out, W_out) (channels-last memory)."""
+def _conv2d_acc(q_x: Tensor, zp: int, w: Conv2dWeights, layout: str, method: str) -> Tensor:
+    """Exact accumulators (N, C_out, H_out, W_out), channels-last memory, integer-valued
+    (float32 from one exact fp32 pass, else float64/int64)."""
     check_activation(q_x, zp)
     x = nchw_view(q_x, layout)
     n, c_in, h, wd = x.shape
@@ -212,9 +212,7 @@ def _conv2d_acc64(q_x: Tensor, zp: int, w: Conv2dWeights, layout: str, method: s
         in_bias = act * w.max_abs_sum + int(offset.abs().max()) < F32_EXACT
         bias = offset.to(torch.float32) if in_bias else None
         y = torch.mkldnn_convolution(xp, w.weight_f32, bias, [0, 0], w.stride, w.dilation, w.groups)
-        acc = y.to(torch.int64)
-        if not in_bias:
-            acc.add_(offset.view(1, -1, 1, 1))
+        acc = y if in_bias else y.to(torch.int64).add_(offset.view(1, -1, 1, 1))
     else:
         xh = xp.permute(0, 2, 3, 1)  # (N, Hp, Wp, C), contiguous
         if method == "gemm":
@@ -228,7 +226,7 @@ def _conv2d_acc64(q_x: Tensor, zp: int, w: Conv2dWeights, layout: str, method: s
             exact_matmul(cols[:, g * k_g : (g + 1) * k_g], p, act, offset[g * c_g : (g + 1) * c_g])
             for g, p in enumerate(w.plans)
         ]
-        flat = parts[0] if w.groups == 1 else torch.cat(parts, 1)
+        flat = parts[0] if w.groups == 1 else torch.cat([p.to(torch.int64) for p in parts], 1)
         acc = flat.view(n, h_out, w_out, w.out_channels).permute(0, 3, 1, 2)
     lo, hi = dtype_range(q_x.dtype)
     act_max = max(zp - lo, hi - zp)
@@ -241,7 +239,7 @@ def conv2d_acc(
     method: Method = "auto",
 ) -> Tensor:  # fmt: skip
     """The int32 accumulator of a quantized conv2d, in ``layout`` (see the module docstring)."""
-    acc = _conv2d_acc64(q_x, x_zero_point, weights, layout, method)
+    acc = _conv2d_acc(q_x, x_zero_point, weights, layout, method)
     return to_layout(acc.to(torch.int32), layout)
 
 
@@ -254,8 +252,8 @@ def conv2d(
         raise ValueError(
             f"requantizer has {requant.channels} channels, the layer {weights.out_channels}"
         )
-    acc = _conv2d_acc64(q_x, x_zero_point, weights, layout, method)
-    return to_layout(requant.apply_(acc, 1), layout)
+    acc = _conv2d_acc(q_x, x_zero_point, weights, layout, method)
+    return to_layout(requant.apply(acc, 1), layout)
 
 
 # --------------------------------------------------------------------------- conv_transpose2d
@@ -314,7 +312,7 @@ def prepare_conv_transpose2d(
     )  # fmt: skip
 
 
-def _conv_transpose2d_acc64(q_x: Tensor, zp: int, w: ConvTranspose2dWeights, layout: str) -> Tensor:
+def _conv_transpose2d_acc(q_x: Tensor, zp: int, w: ConvTranspose2dWeights, layout: str) -> Tensor:
     check_activation(q_x, zp)
     x = nchw_view(q_x, layout)
     n, c_in, h, wd = x.shape
@@ -336,11 +334,11 @@ def _conv_transpose2d_acc64(q_x: Tensor, zp: int, w: ConvTranspose2dWeights, lay
         exact_matmul(a[:, g * c_ig : (g + 1) * c_ig], p, act, (c - zp) * p.col_sums)
         for g, p in enumerate(w.plans)
     ]
-    cols = parts[0] if w.groups == 1 else torch.cat(parts, 1)  # (N·H·W, C_out·kh·kw)
+    cols = parts[0] if w.groups == 1 else torch.cat([p.to(torch.int64) for p in parts], 1)
     c_out = w.out_channels
     bias = w.bias.view(1, -1, 1, 1)
     if (kh, kw) == (sh, sw) and (ph, pw, oph, opw, dh, dw) == (0, 0, 0, 0, 1, 1):
-        acc = cols.view(n, h, wd, c_out, kh, kw).permute(0, 3, 1, 4, 2, 5)
+        acc = cols.to(torch.int64).view(n, h, wd, c_out, kh, kw).permute(0, 3, 1, 4, 2, 5)
         acc = acc.reshape(n, c_out, h_out, w_out).add_(bias)
     else:
         lo, hi = dtype_range(q_x.dtype)
@@ -359,7 +357,7 @@ def conv_transpose2d_acc(
     q_x: Tensor, x_zero_point: int, weights: ConvTranspose2dWeights, layout: Layout = "NCHW"
 ) -> Tensor:
     """The int32 accumulator of a quantized transposed convolution, in ``layout``."""
-    acc = _conv_transpose2d_acc64(q_x, x_zero_point, weights, layout)
+    acc = _conv_transpose2d_acc(q_x, x_zero_point, weights, layout)
     return to_layout(acc.to(torch.int32), layout)
 
 
@@ -372,5 +370,5 @@ def conv_transpose2d(
         raise ValueError(
             f"requantizer has {requant.channels} channels, the layer {weights.out_channels}"
         )
-    acc = _conv_transpose2d_acc64(q_x, x_zero_point, weights, layout)
-    return to_layout(requant.apply_(acc, 1), layout)
+    acc = _conv_transpose2d_acc(q_x, x_zero_point, weights, layout)
+    return to_layout(requant.apply(acc, 1), layout)

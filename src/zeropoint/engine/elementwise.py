@@ -110,8 +110,8 @@ def add(q_a: Tensor, q_b: Tensor, params: AddParams) -> Tensor:
         raise ValueError(f"left_shift={params.left_shift} overflows int32 for these input dtypes")
     a = (q_a.to(torch.int64) - params.a_zero_point).bitwise_left_shift_(params.left_shift)
     b = (q_b.to(torch.int64) - params.b_zero_point).bitwise_left_shift_(params.left_shift)
-    total = params.a_rescale.apply_(a).to(torch.int64) + params.b_rescale.apply_(b)
-    return params.output.apply_(total.expand(shape).contiguous())
+    total = params.a_rescale.apply(a).to(torch.int64) + params.b_rescale.apply(b)
+    return params.output.apply(total.expand(shape).contiguous())
 
 
 # --------------------------------------------------------------------------- rescale / concat
@@ -120,7 +120,7 @@ def add(q_a: Tensor, q_b: Tensor, params: AddParams) -> Tensor:
 def rescale(q_x: Tensor, x_zero_point: int, requant: Requantizer, channel_axis: int = 1) -> Tensor:
     """Requantize to another (S, Z): clamp(Z_y + MBQM(q_x − Z_x, S_x/S_y)) (per channel: axis)."""
     check_activation(q_x, x_zero_point)
-    return requant.apply_(q_x.to(torch.int64) - x_zero_point, channel_axis)
+    return requant.apply(q_x.to(torch.int64) - x_zero_point, channel_axis)
 
 
 @dataclass(frozen=True, eq=False)
@@ -157,7 +157,7 @@ def concat(tensors: Sequence[Tensor], params: ConcatParams, dim: int = 1) -> Ten
         check_activation(q, z, f"tensors[{i}]")
         if r is None and q.dtype != params.dtype:
             raise TypeError(f"tensors[{i}] has dtype {q.dtype}, the output {params.dtype}")
-        parts.append(q if r is None else r.apply_(q.to(torch.int64) - z))
+        parts.append(q if r is None else r.apply(q.to(torch.int64) - z))
     return torch.cat(parts, dim)
 
 

@@ -24,7 +24,9 @@ tensors of (M0, shift) that broadcast against the accumulator.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -36,6 +38,9 @@ INT32_MAX = (1 << 31) - 1
 
 #: A left shift of 32 already saturates every non-zero int32; larger ones are clamped to it.
 _MAX_LEFT_SHIFT = 32
+#: Elements per block of the element-wise passes: below ATen's parallel grain size (32768),
+#: so each op runs inline in the calling thread instead of forking the thread pool.
+BLOCK_ELEMENTS = 32767
 
 
 # --------------------------------------------------------------------------- M -> (M0, shift)
@@ -254,14 +259,18 @@ def _fixed(m0: Tensor, shift: Tensor, rounding: str = "double", zero_point: int 
     return _Fixed(m0, left, has_left, sw, addend, total, 0 if folded else zero_point)
 
 
-def _fixed_view(f: _Fixed, view: list[int]) -> _Fixed:
-    """`_Fixed` with its per-channel tensors reshaped to broadcast as ``view``."""
+def _fixed_map(f: _Fixed, fn: Callable[[Tensor], Tensor]) -> _Fixed:
+    """`_Fixed` with ``fn`` applied to its per-channel tensors (reshape, repeat, slice)."""
 
     def v(x: Tensor | int) -> Tensor | int:
-        return x.reshape(view) if isinstance(x, Tensor) else x
+        return fn(x) if isinstance(x, Tensor) else x
 
     return _Fixed(v(f.m0), v(f.left), f.has_left, v(f.sign_weight), v(f.addend), v(f.total),
                   f.zero_point)  # fmt: skip
+
+
+def _row_slice(x: Tensor, start: int, stop: int) -> Tensor:
+    return x[start:stop]
 
 
 def _mbqm_(t: Tensor, f: _Fixed) -> Tensor:
@@ -469,19 +478,50 @@ class Requantizer:
             got = acc.dtype if isinstance(acc, Tensor) else type(acc).__name__
             raise TypeError(f"accumulator must be an int32 (or int64) tensor, got {got}")
         _check_int32_range(acc, "accumulator")
-        return self.apply_(acc.to(torch.int64, copy=True), channel_axis)
+        return self.apply(acc, channel_axis)
 
-    def apply_(self, acc: Tensor, channel_axis: int = -1) -> Tensor:
-        """`__call__` for a trusted int64 tensor of int32 values, which it overwrites (no checks)."""
-        f = self._fixed
-        if self.m0.dim():
-            axis = channel_axis % acc.dim() if acc.dim() else 0
-            if acc.dim() == 0 or acc.shape[axis] != self.m0.numel():
-                raise ValueError(
-                    f"{self.m0.numel()} per-channel multipliers do not match axis {channel_axis} "
-                    f"of the accumulator shape {tuple(acc.shape)}"
-                )
-            view = [1] * acc.dim()
-            view[axis] = -1
-            f = _fixed_view(f, view)
-        return _mbqm_(acc, f).clamp_(self.qmin, self.qmax).to(self.dtype)
+    def apply(self, acc: Tensor, channel_axis: int = -1) -> Tensor:
+        """`__call__` for trusted input (no range check): an int64 tensor, or a float tensor from
+        an exact GEMM, holding integers in the int32 range. The output keeps ``acc``'s strides.
+
+        Works through blocks of < 32768 elements: each integer op on a block runs inline in the
+        calling thread (below ATen's parallel grain) on cache-resident data, instead of a
+        fork/join of the thread pool per op over the whole tensor, which on a loaded machine
+        costs a scheduler time slice each.
+        """
+        per_channel = self.m0.dim() == 1
+        axis = channel_axis % acc.dim() if acc.dim() else 0
+        if per_channel and (acc.dim() == 0 or acc.shape[axis] != self.m0.numel()):
+            raise ValueError(
+                f"{self.m0.numel()} per-channel multipliers do not match axis {channel_axis} "
+                f"of the accumulator shape {tuple(acc.shape)}"
+            )
+        if acc.dim() == 0:
+            return self.apply(acc.reshape(1), 0).reshape(())
+        out = torch.empty_like(acc, dtype=self.dtype)  # same strides as acc (dense input)
+        if acc.numel() == 0:
+            return out
+        moved, moved_out = acc.movedim(axis, -1), out.movedim(axis, -1)
+        if moved.is_contiguous():  # channels innermost in memory: rows of C
+            c = moved.shape[-1]
+            f = _fixed_map(self._fixed, lambda x: x.reshape(1, c))
+            self._blocks(moved.reshape(-1, c), moved_out.reshape(-1, c), f)
+        elif acc.is_contiguous():  # channels outer: rows of prod(shape[axis+1:]), one channel each
+            inner = math.prod(acc.shape[axis + 1 :])
+            outer = math.prod(acc.shape[:axis])
+            f = _fixed_map(self._fixed, lambda x: x.reshape(-1, 1).repeat(outer, 1))
+            self._blocks(acc.reshape(-1, inner), out.reshape(-1, inner), f)
+        else:
+            return self.apply(acc.contiguous(), channel_axis)
+        return out
+
+    def _blocks(self, src: Tensor, dst: Tensor, f: _Fixed) -> None:
+        """dst = clamp(Z + MBQM(src)) by blocks of rows; per-row constants of ``f`` (shape
+        (rows, 1)) are sliced along, per-column ones ((1, C)) and scalars broadcast."""
+        rows = max(1, BLOCK_ELEMENTS // src.shape[1])
+        per_row = isinstance(f.m0, Tensor) and f.m0.shape[0] > 1
+        for r0 in range(0, src.shape[0], rows):
+            r1 = r0 + rows
+            fb = _fixed_map(f, functools.partial(_row_slice, start=r0, stop=r1)) if per_row else f
+            t = src[r0:r1].to(torch.int64, copy=True)
+            dst[r0:r1].copy_(_mbqm_(t, fb).clamp_(self.qmin, self.qmax))

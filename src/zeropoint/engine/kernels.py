@@ -33,7 +33,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from zeropoint.engine.fixedpoint import INT32_MAX, INT32_MIN, Requantizer, dtype_range
+from zeropoint.engine.fixedpoint import (
+    BLOCK_ELEMENTS,
+    INT32_MAX,
+    INT32_MIN,
+    Requantizer,
+    dtype_range,
+)
 
 #: Integers of magnitude below these are exact in float32 / float64.
 F32_EXACT = 1 << 24
@@ -77,10 +83,33 @@ def check_activation(q_x: object, zero_point: int, what: str = "q_x") -> Tensor:
     return q_x
 
 
+def centred_into(q_x: Tensor, out: Tensor) -> Tensor:
+    """out[...] = q_x − c as float (exact integers), in blocks of < 32768 elements.
+
+    ``out`` may be any view of ``q_x``'s shape (e.g. the interior of a padded buffer). Blocks
+    keep every pass below ATen's parallel grain: no thread-pool fork/join per call.
+    """
+    c = float(ACTIVATION_CENTRE[q_x.dtype])
+    if q_x.numel() <= BLOCK_ELEMENTS:
+        return torch.sub(q_x, c, out=out)
+    if q_x.dim() == 1:
+        for i in range(0, q_x.numel(), BLOCK_ELEMENTS):
+            j = i + BLOCK_ELEMENTS
+            torch.sub(q_x[i:j], c, out=out[i:j])
+        return out
+    rows = BLOCK_ELEMENTS // q_x[0].numel()
+    if rows == 0:  # one slice is already too big: split it further
+        for r in range(q_x.shape[0]):
+            centred_into(q_x[r], out[r])
+    else:
+        for r0 in range(0, q_x.shape[0], rows):
+            torch.sub(q_x[r0 : r0 + rows], c, out=out[r0 : r0 + rows])
+    return out
+
+
 def centred_float(q_x: Tensor) -> Tensor:
-    """float32 a = q_x − c (one pass: uint8 − 128.0 promotes to float32), exact integers."""
-    c = ACTIVATION_CENTRE[q_x.dtype]
-    return q_x - float(c) if c else q_x.to(torch.float32)
+    """A new float32 tensor a = q_x − c (c = 128 for uint8, else 0): exact integers."""
+    return centred_into(q_x, torch.empty(q_x.shape, dtype=torch.float32))
 
 
 # --------------------------------------------------------------------------- the exact GEMM
@@ -137,33 +166,31 @@ def plan_gemm(q_w: Tensor, act_bound: int = 128) -> GemmPlan:
 
 
 def exact_matmul(a: Tensor, plan: GemmPlan, act_bound: int, offset: Tensor | None = None) -> Tensor:
-    """Σ_k a[m, k]·W[n, k] + offset[n], exactly, as an int64 (M, N) tensor.
+    """Σ_k a[m, k]·W[n, k] + offset[n], exactly, as an (M, N) tensor of integer values.
 
     ``a`` is a float32 (M, K) tensor of integers with |a| ≤ ``act_bound``; ``offset`` an int64
-    (N,) tensor. Exactness: see the module docstring — fp32 chunks whose bound is below 2^24,
-    else one float64 GEMM whose bound is checked against 2^53.
+    (N,) tensor. The result is float32 (one fp32 chunk, every value below 2^24), int64 (fp32
+    chunks summed in int64) or float64 (fallback, checked below 2^53): exact integers in any
+    case, which `Requantizer.apply` and ``.to(torch.int32)`` take as they are.
     """
     wt = plan.weight_f32.t()
     bound = act_bound * plan.max_abs_sum
     max_off = int(offset.abs().max()) if offset is not None and offset.numel() else 0
     if act_bound <= plan.act_bound and len(plan.chunks) <= MAX_CHUNKS and fp32_is_strict():
-        if len(plan.chunks) == 1:
-            if offset is not None and bound + max_off < F32_EXACT:
-                return torch.addmm(offset.to(torch.float32), a, wt).to(torch.int64)
-            acc = torch.mm(a, wt).to(torch.int64)
-        else:
-            acc = torch.zeros(a.shape[0], wt.shape[1], dtype=torch.int64)
-            for k0, k1 in plan.chunks:
-                acc += torch.mm(a[:, k0:k1], wt[k0:k1]).to(torch.int64)
+        if len(plan.chunks) == 1 and (offset is None or bound + max_off < F32_EXACT):
+            if offset is None:
+                return torch.mm(a, wt)
+            return torch.addmm(offset.to(torch.float32), a, wt)
+        acc = torch.zeros(a.shape[0], wt.shape[1], dtype=torch.int64)
+        for k0, k1 in plan.chunks:
+            acc += torch.mm(a[:, k0:k1], wt[k0:k1]).to(torch.int64)
         return acc if offset is None else acc.add_(offset)
     if bound + max_off >= F64_EXACT:
         raise ValueError(
             f"exact GEMM impossible: act_bound·Σ|w| + |offset| = {bound + max_off} ≥ 2^53"
         )
     out = torch.mm(a.to(torch.float64), wt.to(torch.float64))
-    if offset is not None:
-        out += offset.to(torch.float64)
-    return out.to(torch.int64)
+    return out if offset is None else out.add_(offset.to(torch.float64))
 
 
 def check_int32_accumulator(
@@ -226,7 +253,8 @@ def prepare_linear(q_w: Tensor, bias_q: Tensor | None = None) -> LinearWeights:
     return LinearWeights(plan, bias, int(bias.abs().max()) if bias.numel() else 0)
 
 
-def _linear_acc64(q_x: Tensor, x_zero_point: int, weights: LinearWeights) -> Tensor:
+def _linear_acc(q_x: Tensor, x_zero_point: int, weights: LinearWeights) -> Tensor:
+    """Exact accumulators (..., N), integer-valued (float32, float64 or int64: `exact_matmul`)."""
     check_activation(q_x, x_zero_point)
     k = weights.in_features
     if q_x.dim() < 1 or q_x.shape[-1] != k:
@@ -246,7 +274,7 @@ def linear_acc(q_x: Tensor, x_zero_point: int, weights: LinearWeights) -> Tensor
 
     Raises ValueError if it does not fit int32 (see `check_int32_accumulator`).
     """
-    return _linear_acc64(q_x, x_zero_point, weights).to(torch.int32)
+    return _linear_acc(q_x, x_zero_point, weights).to(torch.int32)
 
 
 def linear(q_x: Tensor, x_zero_point: int, weights: LinearWeights, requant: Requantizer) -> Tensor:
@@ -259,4 +287,4 @@ def linear(q_x: Tensor, x_zero_point: int, weights: LinearWeights, requant: Requ
         raise ValueError(
             f"requantizer has {requant.channels} channels, the layer {weights.out_features}"
         )
-    return requant.apply_(_linear_acc64(q_x, x_zero_point, weights), -1)
+    return requant.apply(_linear_acc(q_x, x_zero_point, weights), -1)

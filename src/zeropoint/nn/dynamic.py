@@ -66,6 +66,7 @@ class DynamicQuantLinear(nn.Linear):
             if layer.bias is None
             else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
         )
+        self.weight_codes: Tensor
         self.register_buffer("weight_codes", codes)
         self.per_token = per_token
         self.reduce_range = reduce_range
@@ -140,6 +141,7 @@ class WeightOnlyLinear(nn.Linear):
         qp = calibrate(w, weight_scheme)
         qt = QTensor.from_int(quantize_int(w, qp), qp)
         self.weight_qparams: QParams = qp
+        self.weight_data: Tensor
         self.register_buffer("weight_data", qt.data)
         self.weight_shape = qt.shape
         self.packed = qt.packed
