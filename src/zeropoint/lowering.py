@@ -77,6 +77,10 @@ LAYER_KINDS: dict[type[nn.Module], str] = {
 }
 
 
+#: ops whose integer kernel writes its output on a new grid (they absorb the next quantizer)
+REQUANTIZING = {*LAYER_KINDS.values(), "add", "cat", "avg_pool2d", "adaptive_avg_pool2d"}
+
+
 def _act_kind(node: fx.Node, root: nn.Module) -> str | None:
     """'relu' or 'relu6' for the activations integer kernels fuse; None otherwise."""
     if node.op == "call_module":
@@ -177,17 +181,25 @@ def _collect(gm: fx.GraphModule, root: nn.Module) -> QGraph:
         elif node.op == "get_attr":
             raise ValueError(f"graph attribute {node.target} (a tensor constant) is not supported")
         elif isinstance(module, FakeQuant):
+            if not module.frozen:
+                raise ValueError(
+                    f"activation quantizer {node.target} has no (S, Z): the model was not "
+                    "calibrated and converted (zp.quantize_static, or zp.convert after QAT)"
+                )
             qp = module.qparams()
             src = edge(node.args[0])
             pending = producer.get(src)
-            if pending is not None and pending.out_qparams is None and pending.kind != "float":
+            if pending is not None and pending.out_qparams is None and pending.kind in REQUANTIZING:
                 pending.out_qparams = qp  # the producer requantizes straight to this grid
                 edges[src] = qp
                 alias[node] = src
             else:
                 alias[node] = add(QOp("quantize", [src], node.name, qp, shape=shape)).output
         elif isinstance(module, QuantMixin) and type(module) in LAYER_KINDS:
-            attrs = {"weight_qparams": module.weight_qparams()}
+            attrs: dict[str, Any] = {"weight_qparams": module.weight_qparams()}
+            for key in ("stride", "padding", "dilation", "groups", "output_padding"):
+                if hasattr(module, key):
+                    attrs[key] = getattr(module, key)
             alias[node] = add(
                 QOp(LAYER_KINDS[type(module)], [edge(node.args[0])], node.name, attrs=attrs,
                     module=module, node=node, shape=shape)
@@ -210,7 +222,11 @@ def _collect(gm: fx.GraphModule, root: nn.Module) -> QGraph:
             ).output  # fmt: skip
         elif _is_identity(node, module):
             alias[node] = edge(node.args[0])
-        elif g.is_passthrough(node, root) and edges.get(edge(node.args[0])) is not None:
+        elif g.is_passthrough(node, root) and (
+            edges.get(edge(node.args[0])) is not None
+            or _passthrough_kind(node, module, root)[0] in ("flatten", "reshape")
+        ):
+            # on a quantized edge: the op keeps its input's grid; a reshape also works on float
             src = edge(node.args[0])
             kind, attrs = _passthrough_kind(node, module, root)
             alias[node] = add(
