@@ -275,6 +275,7 @@ def _prepare_step(op: QOp, graph: QGraph, rounding: str, stored: bool) -> Step:
             )
         requant = Requantizer.from_multiplier(multiplier, z_y, dtype, lo, hi, rounding)  # type: ignore[arg-type]
         a = op.attrs
+        w: lin_k.LinearWeights | conv_k.Conv2dWeights | conv_k.ConvTranspose2dWeights
         if kind == "linear":
             w = lin_k.prepare_linear(q_w, bias_q)
         elif kind == "conv2d":
@@ -296,12 +297,14 @@ def _prepare_step(op: QOp, graph: QGraph, rounding: str, stored: bool) -> Step:
         )
     if kind == "add":
         s_b, z_b = _scalar(graph.edges[op.inputs[1]], f"second input of {op.output}")
-        params = ew.prepare_add(s_x, z_x, s_b, z_b, s_y, z_y, dtype, op.act)
-        return Step(op, {"add": params, "lo": lo, "hi": hi})
+        add_params = ew.prepare_add(s_x, z_x, s_b, z_b, s_y, z_y, dtype, op.act)
+        return Step(op, {"add": add_params, "lo": lo, "hi": hi})
     if kind == "cat":
         grids = [_scalar(graph.edges[i], f"input {i} of {op.output}") for i in op.inputs]
-        params = ew.prepare_concat([g[0] for g in grids], [g[1] for g in grids], s_y, z_y, dtype)
-        return Step(op, {"cat": params})
+        cat_params = ew.prepare_concat(
+            [g[0] for g in grids], [g[1] for g in grids], s_y, z_y, dtype
+        )
+        return Step(op, {"cat": cat_params})
     if kind in ("avg_pool2d", "adaptive_avg_pool2d"):
         return Step(op, {"s_x": s_x, "z_x": z_x, "s_y": s_y, "z_y": z_y})
     raise ValueError(f"no integer kernel for {kind!r}")
