@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from zeropoint.functional import dequantize_int, quantize_int
+from zeropoint.nn.dynamic import DynamicQuantLinear, WeightOnlyLinear
 from zeropoint.nn.modules import QuantMixin
 from zeropoint.nn.quantizers import FakeQuant
 from zeropoint.qparams import QParams, Scheme
@@ -88,6 +89,7 @@ def config_to_json(c: QuantConfig) -> dict[str, Any]:
         "per_token": c.per_token,
         "first_last_bits": c.first_last_bits,
         "fold_bn": c.fold_bn,
+        "learnable": c.learnable,
     }
 
 
@@ -114,6 +116,7 @@ def config_from_json(d: dict[str, Any]) -> QuantConfig:
         per_token=d["per_token"],
         first_last_bits=d["first_last_bits"],
         fold_bn=d["fold_bn"],
+        learnable=d.get("learnable"),
     )
 
 
@@ -146,7 +149,23 @@ def save(model: nn.Module, path: str | Path) -> Path:
     quantized: dict[str, dict[str, Any]] = {}
     skip_keys: set[str] = set()
     for name, module in model.named_modules():
-        if isinstance(module, QuantMixin) and module.weight_quant is not None:
+        if isinstance(module, DynamicQuantLinear | WeightOnlyLinear):
+            key = f"{name}.weight"
+            data = (
+                module.weight_codes
+                if isinstance(module, DynamicQuantLinear)
+                else module.weight_data
+            )
+            packed = isinstance(module, WeightOnlyLinear) and module.packed
+            tensors[f"{key}.codes"] = data.contiguous()
+            quantized[key] = {
+                "encoding": _encoding(module.weight_qparams),
+                "packed": packed,
+                "view_shape": [module.out_features, module.in_features],
+                "shape": [module.out_features, module.in_features],
+            }
+            skip_keys.update({key, f"{name}.weight_codes", f"{name}.weight_data"})
+        elif isinstance(module, QuantMixin) and module.weight_quant is not None:
             qp = module.weight_qparams()
             qt = QTensor.from_int(quantize_int(module._weight_view().detach(), qp), qp)
             key = f"{name}.weight"
@@ -178,6 +197,11 @@ def save(model: nn.Module, path: str | Path) -> Path:
         "config": config_to_json(state.config),
         "weights": quantized,
         "activations": encodings,
+        "reduce_range": any(
+            getattr(m, "reduce_range", False)
+            for m in model.modules()
+            if isinstance(m, DynamicQuantLinear)
+        ),
     }
     with atomic_path(directory / WEIGHTS) as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(VERSION)})
@@ -218,6 +242,8 @@ def load(path: str | Path, model: nn.Module) -> nn.Module:
 
     doc, tensors = _read(Path(path))
     config = config_from_json(doc["config"])
+    if doc["workflow"] in ("dynamic", "weight_only"):
+        return _load_module_swapped(doc, tensors, model, config)
     prepared = prepare(model.eval(), config)
     for name, module in prepared.named_modules():
         if isinstance(module, FakeQuant) and name in doc["activations"]:
@@ -262,3 +288,39 @@ def load(path: str | Path, model: nn.Module) -> nn.Module:
         raise ValueError(f"checkpoint tensors the model does not have: {unexpected[:5]}")
     convert(prepared)
     return prepared
+
+
+def _codes_for(tensors: dict[str, Tensor], key: str) -> Tensor:
+    codes = tensors.get(f"{key}.codes")
+    if codes is None:
+        raise ValueError(f"checkpoint lacks the codes of {key}")
+    return codes
+
+
+def _load_module_swapped(
+    doc: dict[str, Any], tensors: dict[str, Tensor], model: nn.Module, config: QuantConfig
+) -> nn.Module:
+    """Dynamic / weight-only checkpoints: swap the layers again, then load codes and tensors."""
+    from zeropoint.workflows.dynamic import quantize_dynamic
+
+    swapped = quantize_dynamic(model, config, reduce_range=bool(doc.get("reduce_range", False)))
+    for key, info in doc["weights"].items():
+        layer = swapped.get_submodule(key.rsplit(".", 1)[0])
+        qp = _qparams_from(info["encoding"], key)
+        codes = _codes_for(tensors, key)
+        try:
+            if isinstance(layer, DynamicQuantLinear):
+                layer.set_codes(codes, qp)
+            elif isinstance(layer, WeightOnlyLinear):
+                layer.set_codes(codes, qp, bool(info["packed"]))
+            else:
+                raise ValueError(f"the model's {key} is not a dynamic or weight-only layer")
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"checkpoint codes of {key} do not fit the model: {exc}") from exc
+    rest = {k: v for k, v in tensors.items() if not k.endswith(".codes")}
+    result = swapped.load_state_dict(rest, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(
+            f"checkpoint tensors the model does not have: {result.unexpected_keys[:5]}"
+        )
+    return swapped

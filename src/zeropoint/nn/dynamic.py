@@ -73,6 +73,20 @@ class DynamicQuantLinear(nn.Linear):
         self.use_fbgemm = fbgemm_available() if use_fbgemm is None else use_fbgemm
         self._packed = self._pack() if self.use_fbgemm else None
 
+    def set_codes(self, codes: Tensor, qparams: QParams) -> None:
+        """Replace the int8 weight codes and their (S, Z) (loading a checkpoint)."""
+        if tuple(codes.shape) != (self.out_features, self.in_features) or codes.dtype != torch.int8:
+            raise ValueError(
+                f"weight codes of shape {tuple(codes.shape)} ({codes.dtype}) do not fit "
+                f"an int8 ({self.out_features}, {self.in_features}) layer"
+            )
+        qparams.check_shape(codes.shape)
+        self.weight_qparams = qparams
+        self.weight_codes = codes.clone()
+        with torch.no_grad():
+            self.weight.copy_(dequantize_int(codes, qparams))
+        self._packed = self._pack() if self.use_fbgemm else None
+
     def _pack(self) -> object:
         qp = self.weight_qparams
         with warnings.catch_warnings():
@@ -151,6 +165,13 @@ class WeightOnlyLinear(nn.Linear):
             else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
         )
         self.register_parameter("weight", None)
+
+    def set_codes(self, data: Tensor, qparams: QParams, packed: bool) -> None:
+        """Replace the stored codes (packed as `QTensor` packs them) and their (S, Z)."""
+        qt = QTensor(data, qparams, self.weight_shape, packed)
+        codes = qt.int_repr()  # validates the size of the packed data
+        qparams.check_shape(codes.shape)
+        self.weight_qparams, self.weight_data, self.packed = qparams, data.clone(), packed
 
     def dequantized_weight(self) -> Tensor:
         qt = QTensor(self.weight_data, self.weight_qparams, self.weight_shape, self.packed)
