@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from zeropoint.engine.conv import conv2d, prepare_conv2d
-from zeropoint.engine.fixedpoint import Requantizer
 from zeropoint.engine.kernels import linear, prepare_linear
+from zeropoint.engine.requantize import Requantizer
 
 warnings.filterwarnings("ignore")
 RESULTS = Path(__file__).parent / "results" / "engine.json"

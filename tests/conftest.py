@@ -6,19 +6,14 @@ oversubscribes the cores, and spinning OpenMP threads then make medium-sized ten
 
 from __future__ import annotations
 
-import os
-
+import pytest
 import torch
+
+from zeropoint.zoo.digits import DigitsCNN, DigitsData, load_digits_data, train
 
 # One thread everywhere: it also makes training in the tests reproducible (the float summation
 # order, hence the trajectory of QAT at 2 bits, depends on the thread count).
 torch.set_num_threads(1)
-_ = os
-
-
-import pytest
-
-from zeropoint.zoo.digits import DigitsCNN, DigitsData, load_digits_data, train
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,6 @@ from hypothesis import strategies as st
 from zeropoint.engine.fixedpoint import (
     INT32_MAX,
     INT32_MIN,
-    Requantizer,
-    activation_range,
     multiplier_error_table,
     multiply_by_quantized_multiplier,
     quantize_multiplier,
@@ -29,6 +27,7 @@ from zeropoint.engine.fixedpoint import (
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
+from zeropoint.engine.requantize import Requantizer, activation_range
 
 # --------------------------------------------------------------------------- reference
 

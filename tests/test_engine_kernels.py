@@ -36,8 +36,9 @@ from zeropoint.engine.elementwise import (
     relu6,
     rescale,
 )
-from zeropoint.engine.fixedpoint import Requantizer, quantize_multiplier
+from zeropoint.engine.fixedpoint import quantize_multiplier
 from zeropoint.engine.kernels import linear, linear_acc, prepare_linear
+from zeropoint.engine.requantize import Requantizer
 
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 RANGE = {torch.uint8: (0, 255), torch.int8: (-128, 127), torch.int16: (-32768, 32767)}

@@ -33,8 +33,8 @@ from zeropoint.engine.conv import (  # noqa: E402
     prepare_conv2d,
     prepare_conv_transpose2d,
 )
-from zeropoint.engine.fixedpoint import Requantizer  # noqa: E402
 from zeropoint.engine.kernels import linear, prepare_linear  # noqa: E402
+from zeropoint.engine.requantize import Requantizer  # noqa: E402
 
 ONNX_TYPE = {torch.uint8: TensorProto.UINT8, torch.int8: TensorProto.INT8}
 

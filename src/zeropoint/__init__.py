@@ -7,6 +7,7 @@ qt = zp.quantize(x, qp); xh = zp.dequantize(qt)    # r = S·(q − Z)
 """
 
 from zeropoint import formats, observers
+from zeropoint.engine.program import IntegerProgram, to_integer
 from zeropoint.export.checkpoint import load, save
 from zeropoint.export.onnx import export_onnx
 from zeropoint.fold import fold_bn
@@ -26,6 +27,7 @@ from zeropoint.workflows.config import (
     w3a3_qat,
     w4a4_qat,
 )
+from zeropoint.workflows.dynamic import quantize_dynamic
 from zeropoint.workflows.qat import freeze_bn, prepare_qat
 from zeropoint.workflows.static import (
     calibrate_model,
@@ -39,6 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "IntegerProgram",
     "LayerRule",
     "QParams",
     "QTensor",
@@ -64,9 +67,11 @@ __all__ = [
     "prepare_qat",
     "qparams_from_range",
     "quantize",
+    "quantize_dynamic",
     "quantize_int",
     "quantize_static",
     "save",
+    "to_integer",
     "w2a2_qat",
     "w3a3_qat",
     "w4a4_qat",

@@ -1,7 +1,6 @@
 """Integer-only inference: fixed-point requantization, int8 kernels, lowering to a program."""
 
 from zeropoint.engine.fixedpoint import (
-    Requantizer,
     multiplier_error_table,
     multiply_by_quantized_multiplier,
     quantize_multiplier,
@@ -10,6 +9,7 @@ from zeropoint.engine.fixedpoint import (
     saturating_rounding_doubling_high_mul,
 )
 from zeropoint.engine.program import IntegerProgram, to_integer
+from zeropoint.engine.requantize import Requantizer
 
 __all__ = [
     "IntegerProgram",

@@ -34,6 +34,7 @@ Layouts: ``"NCHW"`` (N, C, H, W) or ``"NHWC"`` (N, H, W, C); the output uses the
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,7 +42,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zeropoint.engine.fixedpoint import Requantizer, dtype_range
 from zeropoint.engine.kernels import (
     ACTIVATION_CENTRE,
     F32_EXACT,
@@ -56,6 +56,7 @@ from zeropoint.engine.kernels import (
     fp32_is_strict,
     plan_gemm,
 )
+from zeropoint.engine.requantize import Requantizer, dtype_range
 
 Layout = Literal["NCHW", "NHWC"]
 Method = Literal["auto", "gemm", "im2col", "direct"]
@@ -123,6 +124,7 @@ class Conv2dWeights:
     dilation: tuple[int, int]
     groups: int
     weight_f32: Tensor
+    bias_f32: Tensor  # the bias as float32 (used only while exact, below 2^24)
     plans: tuple[GemmPlan, ...]  # one per group: (C_out/groups, C_in/groups·kh·kw)
     col_sums: Tensor  # Σ_{i,u,v} w[o, i, u, v], int64 (C_out,)
     max_abs_sum: int
@@ -131,6 +133,16 @@ class Conv2dWeights:
     @property
     def in_channels(self) -> int:
         return int(self.weight.shape[1]) * self.groups
+
+    @functools.cached_property
+    def pointwise(self) -> bool:
+        """A 1x1 kernel without padding or groups: a plain GEMM on pixels."""
+        return self.weight.shape[2:] == (1, 1) and self.padding == (0, 0) and self.groups == 1
+
+    @functools.cached_property
+    def single_chunk(self) -> bool:
+        """128·Σ|w| < 2^24 for every output channel: one exact fp32 pass (see `kernels`)."""
+        return all(len(p.chunks) == 1 for p in self.plans)
 
     @property
     def out_channels(self) -> int:
@@ -157,17 +169,17 @@ def prepare_conv2d(
     max_abs = max(p.max_abs_sum for p in plans)
     return Conv2dWeights(
         q_w, bias, as_pair(stride, "stride", 1), as_pair(padding, "padding", 0),
-        as_pair(dilation, "dilation", 1), groups, q_w.to(torch.float32), plans, col_sums,
-        max_abs, int(bias.abs().max()) if c_out else 0,
+        as_pair(dilation, "dilation", 1), groups, q_w.to(torch.float32), bias.to(torch.float32),
+        plans, col_sums, max_abs, int(bias.abs().max()) if c_out else 0,
     )  # fmt: skip
 
 
 def _conv_method(q_x: Tensor, w: Conv2dWeights, method: str) -> str:
     kh, kw = w.weight.shape[2:]
     if method == "auto":
-        if (kh, kw) == (1, 1) and w.padding == (0, 0) and w.groups == 1:
+        if w.pointwise:
             return "gemm"
-        exact_f32 = all(len(p.chunks) == 1 for p in w.plans) and q_x.dtype != torch.int16
+        exact_f32 = w.single_chunk and q_x.dtype != torch.int16
         if exact_f32 and fp32_is_strict() and torch.backends.mkldnn.is_available():
             return "direct"
         return "im2col"
@@ -182,9 +194,38 @@ def _conv_method(q_x: Tensor, w: Conv2dWeights, method: str) -> str:
     return method
 
 
-def _conv2d_acc(q_x: Tensor, zp: int, w: Conv2dWeights, layout: str, method: str) -> Tensor:
+def _direct_acc(x: Tensor, zp: int, w: Conv2dWeights, act_max: int) -> Tensor:
+    """Σ (q − Z_x)·w + q_b by ``torch.mkldnn_convolution`` on exact integer-valued fp32.
+
+    When act_max·Σ|w| < 2^24 (act_max = max|q − Z_x|) the input is centred by Z_x itself: the
+    padding is then the real 0 = 0.0, oneDNN pads natively, there is no correction term, and
+    every partial sum is bounded by act_max·Σ|w[o]| (+ |q_b|, riding in the conv's bias when
+    that stays below 2^24). Otherwise it is centred by c = 128 (|a| ≤ 128), padded with
+    Z_x − c by hand, and (c − Z_x)·Σw joins the bias. The input is written channels-last.
+    """
+    if act_max * w.max_abs_sum < F32_EXACT:
+        # channels-last, except one input channel (the same memory): oneDNN's NCHW kernel is
+        # faster there, and the output stays NCHW-contiguous
+        fmt = torch.contiguous_format if x.shape[1] == 1 else torch.channels_last
+        xc = torch.empty(x.shape, memory_format=fmt)
+        torch.sub(x, float(zp), out=xc)  # float scalar: computed in float32, exact
+        offset, padding, act, max_off = w.bias, w.padding, act_max, w.max_abs_bias
+    else:
+        c = ACTIVATION_CENTRE[x.dtype]
+        xc = _centred_padded(x, zp, w.padding)
+        offset, padding, act = w.bias + (c - zp) * w.col_sums, (0, 0), activation_bound(x.dtype)
+        max_off = int(offset.abs().max()) if offset.numel() else 0
+    in_bias = act * w.max_abs_sum + max_off < F32_EXACT
+    bias = (w.bias_f32 if offset is w.bias else offset.to(torch.float32)) if in_bias else None
+    y = torch.mkldnn_convolution(xc, w.weight_f32, bias, padding, w.stride, w.dilation, w.groups)
+    return y if in_bias else y.to(torch.int64).add_(offset.view(1, -1, 1, 1))
+
+
+def _conv2d_acc(
+    q_x: Tensor, zp: int, w: Conv2dWeights, layout: str, method: str
+) -> tuple[Tensor, int]:
     """Exact accumulators (N, C_out, H_out, W_out), channels-last memory, integer-valued
-    (float32 from one exact fp32 pass, else float64/int64)."""
+    (float32 from one exact fp32 pass, else float64/int64), and the static bound on |acc|."""
     check_activation(q_x, zp)
     x = nchw_view(q_x, layout)
     n, c_in, h, wd = x.shape
@@ -203,18 +244,15 @@ def _conv2d_acc(q_x: Tensor, zp: int, w: Conv2dWeights, layout: str, method: str
             f"after padding {w.padding}"
         )
     method = _conv_method(q_x, w, method)
-    c = ACTIVATION_CENTRE[q_x.dtype]
-    offset = w.bias + (c - zp) * w.col_sums
-    act = activation_bound(q_x.dtype)
-    xp = _centred_padded(x, zp, w.padding)
+    lo, hi = dtype_range(q_x.dtype)
+    act_max = max(zp - lo, hi - zp)
     if method == "direct":
-        # the offset rides in the conv's bias when every partial sum stays below 2^24
-        in_bias = act * w.max_abs_sum + int(offset.abs().max()) < F32_EXACT
-        bias = offset.to(torch.float32) if in_bias else None
-        y = torch.mkldnn_convolution(xp, w.weight_f32, bias, [0, 0], w.stride, w.dilation, w.groups)
-        acc = y if in_bias else y.to(torch.int64).add_(offset.view(1, -1, 1, 1))
+        acc = _direct_acc(x, zp, w, act_max)
     else:
-        xh = xp.permute(0, 2, 3, 1)  # (N, Hp, Wp, C), contiguous
+        c = ACTIVATION_CENTRE[q_x.dtype]
+        offset = w.bias + (c - zp) * w.col_sums
+        act = activation_bound(q_x.dtype)
+        xh = _centred_padded(x, zp, w.padding).permute(0, 2, 3, 1)  # (N, Hp, Wp, C), contiguous
         if method == "gemm":
             cols = xh[:, : sh * (h_out - 1) + 1 : sh, : sw * (w_out - 1) + 1 : sw].reshape(-1, c_in)
         else:
@@ -228,10 +266,8 @@ def _conv2d_acc(q_x: Tensor, zp: int, w: Conv2dWeights, layout: str, method: str
         ]
         flat = parts[0] if w.groups == 1 else torch.cat([p.to(torch.int64) for p in parts], 1)
         acc = flat.view(n, h_out, w_out, w.out_channels).permute(0, 3, 1, 2)
-    lo, hi = dtype_range(q_x.dtype)
-    act_max = max(zp - lo, hi - zp)
     check_int32_accumulator(acc, act_max, w.max_abs_sum, w.max_abs_bias, c_in // w.groups * kh * kw)
-    return acc
+    return acc, act_max * w.max_abs_sum + w.max_abs_bias
 
 
 def conv2d_acc(
@@ -239,21 +275,36 @@ def conv2d_acc(
     method: Method = "auto",
 ) -> Tensor:  # fmt: skip
     """The int32 accumulator of a quantized conv2d, in ``layout`` (see the module docstring)."""
-    acc = _conv2d_acc(q_x, x_zero_point, weights, layout, method)
+    acc = _conv2d_acc(q_x, x_zero_point, weights, layout, method)[0]
     return to_layout(acc.to(torch.int32), layout)
+
+
+def _conv2d(
+    q_x: Tensor, zp: int, w: Conv2dWeights, requant: Requantizer, layout: str, method: str
+) -> Tensor:
+    if requant.channels not in (None, w.out_channels):
+        raise ValueError(f"requantizer has {requant.channels} channels, the layer {w.out_channels}")
+    acc, bound = _conv2d_acc(q_x, zp, w, layout, method)
+    return requant.apply(acc, 1, bound)
+
+
+def conv2d_nchw(
+    q_x: Tensor, x_zero_point: int, weights: Conv2dWeights, requant: Requantizer,
+    method: Method = "auto",
+) -> Tensor:  # fmt: skip
+    """`conv2d` on an (N, C, H, W) tensor of any memory format, returning (N, C_out, H', W') in
+    the memory format the kernel produced (channels-last): no copy into a layout, so a program
+    chains convolutions without transposes."""
+    return _conv2d(q_x, x_zero_point, weights, requant, "NCHW", method)
 
 
 def conv2d(
     q_x: Tensor, x_zero_point: int, weights: Conv2dWeights, requant: Requantizer,
     layout: Layout = "NCHW", method: Method = "auto",
 ) -> Tensor:  # fmt: skip
-    """Quantized conv2d: clamp(Z_y + MBQM(acc, M0, shift)), per-channel M along C_out."""
-    if requant.channels not in (None, weights.out_channels):
-        raise ValueError(
-            f"requantizer has {requant.channels} channels, the layer {weights.out_channels}"
-        )
-    acc = _conv2d_acc(q_x, x_zero_point, weights, layout, method)
-    return to_layout(requant.apply(acc, 1), layout)
+    """Quantized conv2d: clamp(Z_y + MBQM(acc, M0, shift)), per-channel M along C_out; the
+    output is a contiguous tensor in ``layout``."""
+    return to_layout(_conv2d(q_x, x_zero_point, weights, requant, layout, method), layout)
 
 
 # --------------------------------------------------------------------------- conv_transpose2d
@@ -271,6 +322,7 @@ class ConvTranspose2dWeights:
     dilation: tuple[int, int]
     groups: int
     plans: tuple[GemmPlan, ...]  # per group: (C_out/groups·kh·kw, C_in/groups)
+    col_bias: tuple[Tensor, ...]  # per group: the bias of each column's output channel, int64
     max_abs_sum: int  # max_o Σ_{i,u,v} |w[i, o, u, v]|: bounds every fold partial sum
     max_abs_bias: int
 
@@ -305,14 +357,21 @@ def prepare_conv_transpose2d(
     cols = q_w.reshape(groups, c_in // groups, c_og * kh * kw).transpose(1, 2)
     plans = tuple(plan_gemm(cols[g].contiguous()) for g in range(groups))
     per_out = q_w.to(torch.int64).abs().reshape(groups, c_in // groups, c_og, -1).sum((1, 3))
+    col_bias = tuple(b.repeat_interleave(kh * kw) for b in bias.reshape(groups, c_og))
     return ConvTranspose2dWeights(
-        q_w, bias, st, as_pair(padding, "padding", 0), op, dl, groups, plans,
+        q_w, bias, st, as_pair(padding, "padding", 0), op, dl, groups, plans, col_bias,
         int(per_out.max()) if per_out.numel() else 0,
         int(bias.abs().max()) if bias.numel() else 0,
     )  # fmt: skip
 
 
-def _conv_transpose2d_acc(q_x: Tensor, zp: int, w: ConvTranspose2dWeights, layout: str) -> Tensor:
+def _conv_transpose2d(
+    q_x: Tensor, zp: int, w: ConvTranspose2dWeights, layout: str, requant: Requantizer | None
+) -> Tensor:
+    """(N, C_out, H_out, W_out): requantized by ``requant``, or the exact int64 accumulator
+    when it is None. The input is centred by Z_x when max|q − Z_x|·Σ|w| + |q_b| < 2^24 (one
+    exact fp32 GEMM, no correction), else by c = 128 with (c − Z_x)·Σw in the offsets. Without
+    overlap (kernel = stride) the bias rides in the GEMM and the output is channels-last."""
     check_activation(q_x, zp)
     x = nchw_view(q_x, layout)
     n, c_in, h, wd = x.shape
@@ -321,44 +380,64 @@ def _conv_transpose2d_acc(q_x: Tensor, zp: int, w: ConvTranspose2dWeights, layou
             f"input has {c_in} channels, the weights {tuple(w.weight.shape)} expect {w.in_channels} "
             f"(input shape {tuple(q_x.shape)}, {layout})"
         )
+    if requant is not None and requant.channels not in (None, w.out_channels):
+        raise ValueError(f"requantizer has {requant.channels} channels, the layer {w.out_channels}")
     kh, kw = w.weight.shape[2:]
     (sh, sw), (ph, pw), (oph, opw), (dh, dw) = w.stride, w.padding, w.output_padding, w.dilation
     h_out = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
     w_out = (wd - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
     if h_out < 1 or w_out < 1:
         raise ValueError(f"padding {w.padding} leaves no output for input size {(h, wd)}")
-    c = ACTIVATION_CENTRE[q_x.dtype]
-    a = centred_float(x.permute(0, 2, 3, 1)).reshape(-1, c_in)  # (N·H·W, C_in)
-    c_ig, act = c_in // w.groups, activation_bound(q_x.dtype)
-    parts = [
-        exact_matmul(a[:, g * c_ig : (g + 1) * c_ig], p, act, (c - zp) * p.col_sums)
-        for g, p in enumerate(w.plans)
-    ]
-    cols = parts[0] if w.groups == 1 else torch.cat([p.to(torch.int64) for p in parts], 1)
-    c_out = w.out_channels
-    bias = w.bias.view(1, -1, 1, 1)
-    if (kh, kw) == (sh, sw) and (ph, pw, oph, opw, dh, dw) == (0, 0, 0, 0, 1, 1):
-        acc = cols.to(torch.int64).view(n, h, wd, c_out, kh, kw).permute(0, 3, 1, 4, 2, 5)
-        acc = acc.reshape(n, c_out, h_out, w_out).add_(bias)
-    else:
-        lo, hi = dtype_range(q_x.dtype)
-        exact32 = max(zp - lo, hi - zp) * w.max_abs_sum < F32_EXACT
-        ftype = torch.float32 if exact32 else torch.float64
-        colsf = cols.to(ftype).view(n, h * wd, -1).transpose(1, 2)
-        y = F.fold(colsf, (h_out, w_out), (kh, kw), w.dilation, w.padding, w.stride)
-        acc = y.to(torch.int64).add_(bias)
     lo, hi = dtype_range(q_x.dtype)
     act_max = max(zp - lo, hi - zp)
-    check_int32_accumulator(acc, act_max, w.max_abs_sum, w.max_abs_bias, c_ig * kh * kw)
-    return acc
+    bound = act_max * w.max_abs_sum + w.max_abs_bias
+    col_abs = max(p.max_abs_sum for p in w.plans)
+    by_zp = q_x.dtype != torch.int16 and act_max * col_abs + w.max_abs_bias < F32_EXACT
+    c = zp if by_zp else ACTIVATION_CENTRE[q_x.dtype]
+    act = act_max if by_zp else activation_bound(q_x.dtype)
+    a = centred_float(x.permute(0, 2, 3, 1), c).reshape(-1, c_in)  # (N·H·W, C_in)
+    c_ig, c_out = c_in // w.groups, w.out_channels
+    plain = (kh, kw) == (sh, sw) and (ph, pw, oph, opw, dh, dw) == (0, 0, 0, 0, 1, 1)
+    parts = []
+    for g, p in enumerate(w.plans):
+        offset = w.col_bias[g] if plain else torch.zeros_like(p.col_sums)
+        offset = offset if c == zp else offset + (c - zp) * p.col_sums
+        parts.append(exact_matmul(a[:, g * c_ig : (g + 1) * c_ig], p, act, offset))
+    cols = parts[0] if w.groups == 1 else torch.cat([p.to(torch.int64) for p in parts], 1)
+    k = c_ig * kh * kw
+    if plain:
+        check_int32_accumulator(
+            cols, act_max, w.max_abs_sum, w.max_abs_bias, k
+        )  # column (o, u, v) of pixel (y, x) is output (o, y·kh + u, x·kw + v)
+        acc6 = cols.view(n, h, wd, c_out, kh, kw).permute(0, 3, 1, 4, 2, 5)  # (n, o, y, u, x, v)
+        if requant is None:
+            return acc6.to(torch.int64).reshape(n, c_out, h_out, w_out)
+        y6 = requant.apply(acc6, 1, bound)  # keeps the GEMM's memory order
+        out = torch.empty((n, h_out, w_out, c_out), dtype=y6.dtype)
+        out.view(n, h, kh, wd, kw, c_out).permute(0, 5, 1, 2, 3, 4).copy_(y6)
+        return out.permute(0, 3, 1, 2)
+    ftype = torch.float32 if act_max * w.max_abs_sum < F32_EXACT else torch.float64
+    colsf = cols.to(ftype).view(n, h * wd, -1).transpose(1, 2)
+    y = F.fold(colsf, (h_out, w_out), (kh, kw), w.dilation, w.padding, w.stride)
+    acc = y.to(torch.int64).add_(w.bias.view(1, -1, 1, 1))
+    check_int32_accumulator(acc, act_max, w.max_abs_sum, w.max_abs_bias, k)
+    return acc if requant is None else requant.apply(acc, 1, bound)
 
 
 def conv_transpose2d_acc(
     q_x: Tensor, x_zero_point: int, weights: ConvTranspose2dWeights, layout: Layout = "NCHW"
 ) -> Tensor:
     """The int32 accumulator of a quantized transposed convolution, in ``layout``."""
-    acc = _conv_transpose2d_acc(q_x, x_zero_point, weights, layout)
+    acc = _conv_transpose2d(q_x, x_zero_point, weights, layout, None)
     return to_layout(acc.to(torch.int32), layout)
+
+
+def conv_transpose2d_nchw(
+    q_x: Tensor, x_zero_point: int, weights: ConvTranspose2dWeights, requant: Requantizer
+) -> Tensor:
+    """`conv_transpose2d` on (N, C, H, W) of any memory format, the output left in the memory
+    format the kernel produced (channels-last without overlap): see `conv2d_nchw`."""
+    return _conv_transpose2d(q_x, x_zero_point, weights, "NCHW", requant)
 
 
 def conv_transpose2d(
@@ -366,9 +445,4 @@ def conv_transpose2d(
     layout: Layout = "NCHW",
 ) -> Tensor:  # fmt: skip
     """Quantized conv_transpose2d: clamp(Z_y + MBQM(acc, M0, shift)), per-channel along C_out."""
-    if requant.channels not in (None, weights.out_channels):
-        raise ValueError(
-            f"requantizer has {requant.channels} channels, the layer {weights.out_channels}"
-        )
-    acc = _conv_transpose2d_acc(q_x, x_zero_point, weights, layout)
-    return to_layout(requant.apply(acc, 1), layout)
+    return to_layout(_conv_transpose2d(q_x, x_zero_point, weights, layout, requant), layout)

@@ -19,15 +19,15 @@ nudge; RDBPOT(x, e) ("rounding divide by power of two") is x / 2^e rounded half 
 TFLite's ``shift`` is 31 − ours (positive = left); ours is the n of M = M0·2^−n.
 
 Per-channel weights give one S_w, hence one M, per output channel: every function here takes
-tensors of (M0, shift) that broadcast against the accumulator.
+tensors of (M0, shift) that broadcast against the accumulator. The output stage built on these
+(zero point, clamp, cast; its float64 fast path) is `zeropoint.engine.requantize`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -269,10 +269,6 @@ def _fixed_map(f: _Fixed, fn: Callable[[Tensor], Tensor]) -> _Fixed:
                   f.zero_point)  # fmt: skip
 
 
-def _row_slice(x: Tensor, start: int, stop: int) -> Tensor:
-    return x[start:stop]
-
-
 def _mbqm_(t: Tensor, f: _Fixed) -> Tensor:
     """In place on an int64 tensor of int32 values: Z + MBQM(t) in five to seven integer ops.
 
@@ -336,192 +332,3 @@ def multiply_by_quantized_multiplier(
     if rounding == "single":  # M ≥ 1 can leave int32 (TFLite DCHECKs); saturate as "double" does
         out.clamp_(INT32_MIN, INT32_MAX)
     return out.to(_result_dtype(x))
-
-
-# --------------------------------------------------------------------------- output stage
-
-
-_DTYPE_RANGE: dict[torch.dtype, tuple[int, int]] = {
-    torch.uint8: (0, 255),
-    torch.int8: (-128, 127),
-    torch.int16: (-(1 << 15), (1 << 15) - 1),
-    torch.int32: (INT32_MIN, INT32_MAX),
-}
-
-
-def dtype_range(dtype: torch.dtype) -> tuple[int, int]:
-    """(min, max) of an integer container dtype the engine accepts."""
-    if dtype not in _DTYPE_RANGE:
-        raise TypeError(f"expected one of {sorted(map(str, _DTYPE_RANGE))}, got dtype {dtype}")
-    return _DTYPE_RANGE[dtype]
-
-
-def activation_range(
-    activation: str | None, scale: float, zero_point: int, dtype: torch.dtype = torch.uint8
-) -> tuple[int, int]:
-    """(qmin, qmax) of an output clamp that fuses ``activation`` (TFLite's activation range).
-
-    None: the dtype's range; "relu": [max(Z, min), max]; "relu6": [max(Z, min),
-    min(Z + round(6/S), max)], round half away from zero. A fused ReLU is only a narrower clamp.
-    """
-    lo, hi = dtype_range(dtype)
-    if activation is None:
-        return lo, hi
-    if activation not in ("relu", "relu6"):
-        raise ValueError(f"activation must be None, 'relu' or 'relu6', got {activation!r}")
-    lo = max(lo, int(zero_point))
-    if activation == "relu6":
-        hi = min(hi, int(zero_point) + math.floor(6.0 / float(scale) + 0.5))
-    return lo, hi
-
-
-@dataclass(frozen=True, eq=False)
-class Requantizer:
-    """The output stage: q_y = clamp(Z_y + MBQM(acc, M0, shift), qmin, qmax), cast to ``dtype``.
-
-    ``m0``/``shift`` are int64 tensors of shape () (per tensor) or (C,) (per output channel);
-    ``qmin``/``qmax`` default to the range of ``dtype`` and narrow it for a fused ReLU/ReLU6
-    (see `activation_range`); ``rounding`` as in `multiply_by_quantized_multiplier` ("double":
-    gemmlowp, the default; "single": one rounding, as ONNX Runtime's float requantization
-    except at exact ties). Build it with `from_multiplier` or `from_scales`; call it on int32
-    accumulators.
-    """
-
-    m0: Tensor
-    shift: Tensor
-    zero_point: int = 0
-    dtype: torch.dtype = torch.uint8
-    qmin: int | None = None
-    qmax: int | None = None
-    rounding: Rounding = "double"
-    _fixed: _Fixed = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        m0 = _as_int_tensor(self.m0, "m0").to(torch.int64)
-        shift = _as_int_tensor(self.shift, "shift").to(torch.int64)
-        if m0.shape != shift.shape or m0.dim() > 1:
-            raise ValueError(
-                f"m0 and shift must share a shape () or (C,), got {tuple(m0.shape)} and "
-                f"{tuple(shift.shape)}"
-            )
-        _check_m0_shift(m0, shift)
-        lo, hi = dtype_range(self.dtype)
-        qmin = lo if self.qmin is None else int(self.qmin)
-        qmax = hi if self.qmax is None else int(self.qmax)
-        if not lo <= qmin <= qmax <= hi:
-            raise ValueError(f"clamp [{qmin}, {qmax}] must lie inside {self.dtype}'s [{lo}, {hi}]")
-        if not lo <= int(self.zero_point) <= hi:
-            raise ValueError(f"zero point {self.zero_point} is outside {self.dtype}'s [{lo}, {hi}]")
-        for name, value in (("m0", m0), ("shift", shift), ("qmin", qmin), ("qmax", qmax)):
-            object.__setattr__(self, name, value)
-        object.__setattr__(self, "zero_point", int(self.zero_point))
-        object.__setattr__(self, "_fixed", _fixed(m0, shift, self.rounding, int(self.zero_point)))
-
-    @classmethod
-    def from_multiplier(
-        cls,
-        multiplier: float | Tensor,
-        zero_point: int = 0,
-        dtype: torch.dtype = torch.uint8,
-        qmin: int | None = None,
-        qmax: int | None = None,
-        rounding: Rounding = "double",
-    ) -> Requantizer:
-        """From the real multiplier(s) M: a float (per tensor) or a 1-D tensor (per channel)."""
-        if isinstance(multiplier, Tensor):
-            m0, shift = quantize_multipliers(
-                multiplier.reshape(-1) if multiplier.dim() else multiplier
-            )
-        else:
-            m0_i, shift_i = quantize_multiplier(multiplier)
-            m0, shift = torch.tensor(m0_i), torch.tensor(shift_i)
-        return cls(m0, shift, zero_point, dtype, qmin, qmax, rounding)
-
-    @classmethod
-    def from_scales(
-        cls,
-        input_scale: float,
-        weight_scale: float | Tensor,
-        output_scale: float,
-        zero_point: int = 0,
-        dtype: torch.dtype = torch.uint8,
-        activation: str | None = None,
-        rounding: Rounding = "double",
-    ) -> Requantizer:
-        """M = S_x·S_w / S_y computed in float64 (S_w per channel if a 1-D tensor)."""
-        for name, s in (("input_scale", input_scale), ("output_scale", output_scale)):
-            if not float(s) > 0 or not math.isfinite(float(s)):
-                raise ValueError(f"{name} must be finite and > 0, got {s!r}")
-        if isinstance(weight_scale, Tensor):
-            m: float | Tensor = (
-                weight_scale.to(torch.float64) * float(input_scale) / float(output_scale)
-            )
-        else:
-            m = float(input_scale) * float(weight_scale) / float(output_scale)
-        lo, hi = activation_range(activation, float(output_scale), zero_point, dtype)
-        return cls.from_multiplier(m, zero_point, dtype, lo, hi, rounding)
-
-    @property
-    def channels(self) -> int | None:
-        """Number of per-channel multipliers, None per tensor."""
-        return None if self.m0.dim() == 0 else self.m0.numel()
-
-    def clamped(self, qmin: int, qmax: int) -> Requantizer:
-        """The same multipliers with the clamp narrowed to [qmin, qmax] (e.g. a fused ReLU)."""
-        return Requantizer(
-            self.m0, self.shift, self.zero_point, self.dtype, qmin, qmax, self.rounding
-        )
-
-    def __call__(self, acc: Tensor, channel_axis: int = -1) -> Tensor:
-        """Requantize int32 accumulators; per-channel multipliers run along ``channel_axis``."""
-        if not isinstance(acc, Tensor) or acc.dtype not in (torch.int32, torch.int64):
-            got = acc.dtype if isinstance(acc, Tensor) else type(acc).__name__
-            raise TypeError(f"accumulator must be an int32 (or int64) tensor, got {got}")
-        _check_int32_range(acc, "accumulator")
-        return self.apply(acc, channel_axis)
-
-    def apply(self, acc: Tensor, channel_axis: int = -1) -> Tensor:
-        """`__call__` for trusted input (no range check): an int64 tensor, or a float tensor from
-        an exact GEMM, holding integers in the int32 range. The output keeps ``acc``'s strides.
-
-        Works through blocks of < 32768 elements: each integer op on a block runs inline in the
-        calling thread (below ATen's parallel grain) on cache-resident data, instead of a
-        fork/join of the thread pool per op over the whole tensor, which on a loaded machine
-        costs a scheduler time slice each.
-        """
-        per_channel = self.m0.dim() == 1
-        axis = channel_axis % acc.dim() if acc.dim() else 0
-        if per_channel and (acc.dim() == 0 or acc.shape[axis] != self.m0.numel()):
-            raise ValueError(
-                f"{self.m0.numel()} per-channel multipliers do not match axis {channel_axis} "
-                f"of the accumulator shape {tuple(acc.shape)}"
-            )
-        if acc.dim() == 0:
-            return self.apply(acc.reshape(1), 0).reshape(())
-        out = torch.empty_like(acc, dtype=self.dtype)  # same strides as acc (dense input)
-        if acc.numel() == 0:
-            return out
-        moved, moved_out = acc.movedim(axis, -1), out.movedim(axis, -1)
-        if moved.is_contiguous():  # channels innermost in memory: rows of C
-            c = moved.shape[-1]
-            f = _fixed_map(self._fixed, lambda x: x.reshape(1, c))
-            self._blocks(moved.reshape(-1, c), moved_out.reshape(-1, c), f)
-        elif acc.is_contiguous():  # channels outer: rows of prod(shape[axis+1:]), one channel each
-            inner = math.prod(acc.shape[axis + 1 :])
-            outer = math.prod(acc.shape[:axis])
-            f = _fixed_map(self._fixed, lambda x: x.reshape(-1, 1).repeat(outer, 1))
-            self._blocks(acc.reshape(-1, inner), out.reshape(-1, inner), f)
-        else:
-            return self.apply(acc.contiguous(), channel_axis)
-        return out
-
-    def _blocks(self, src: Tensor, dst: Tensor, f: _Fixed) -> None:
-        """dst = clamp(Z + MBQM(src)) by blocks of rows; per-row constants of ``f`` (shape
-        (rows, 1)) are sliced along, per-column ones ((1, C)) and scalars broadcast."""
-        rows = max(1, BLOCK_ELEMENTS // src.shape[1])
-        per_row = isinstance(f.m0, Tensor) and f.m0.shape[0] > 1
-        for r0 in range(0, src.shape[0], rows):
-            r1 = r0 + rows
-            fb = _fixed_map(f, functools.partial(_row_slice, start=r0, stop=r1)) if per_row else f
-            t = src[r0:r1].to(torch.int64, copy=True)
-            dst[r0:r1].copy_(_mbqm_(t, fb).clamp_(self.qmin, self.qmax))

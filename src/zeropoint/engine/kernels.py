@@ -27,19 +27,15 @@ float64, which they never touch.
 
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from zeropoint.engine.fixedpoint import (
-    BLOCK_ELEMENTS,
-    INT32_MAX,
-    INT32_MIN,
-    Requantizer,
-    dtype_range,
-)
+from zeropoint.engine.fixedpoint import BLOCK_ELEMENTS, INT32_MAX, INT32_MIN
+from zeropoint.engine.requantize import Requantizer, dtype_range
 
 #: Integers of magnitude below these are exact in float32 / float64.
 F32_EXACT = 1 << 24
@@ -83,13 +79,14 @@ def check_activation(q_x: object, zero_point: int, what: str = "q_x") -> Tensor:
     return q_x
 
 
-def centred_into(q_x: Tensor, out: Tensor) -> Tensor:
+def centred_into(q_x: Tensor, out: Tensor, centre: int | None = None) -> Tensor:
     """out[...] = q_x − c as float (exact integers), in blocks of < 32768 elements.
 
-    ``out`` may be any view of ``q_x``'s shape (e.g. the interior of a padded buffer). Blocks
-    keep every pass below ATen's parallel grain: no thread-pool fork/join per call.
+    ``c`` = ``centre``, by default `ACTIVATION_CENTRE` (128 for uint8). ``out`` may be any view
+    of ``q_x``'s shape (e.g. the interior of a padded buffer). Blocks keep every pass below
+    ATen's parallel grain: no thread-pool fork/join per call.
     """
-    c = float(ACTIVATION_CENTRE[q_x.dtype])
+    c = float(ACTIVATION_CENTRE[q_x.dtype] if centre is None else centre)
     if q_x.numel() <= BLOCK_ELEMENTS:
         return torch.sub(q_x, c, out=out)
     if q_x.dim() == 1:
@@ -100,16 +97,17 @@ def centred_into(q_x: Tensor, out: Tensor) -> Tensor:
     rows = BLOCK_ELEMENTS // q_x[0].numel()
     if rows == 0:  # one slice is already too big: split it further
         for r in range(q_x.shape[0]):
-            centred_into(q_x[r], out[r])
+            centred_into(q_x[r], out[r], centre)
     else:
         for r0 in range(0, q_x.shape[0], rows):
             torch.sub(q_x[r0 : r0 + rows], c, out=out[r0 : r0 + rows])
     return out
 
 
-def centred_float(q_x: Tensor) -> Tensor:
-    """A new float32 tensor a = q_x − c (c = 128 for uint8, else 0): exact integers."""
-    return centred_into(q_x, torch.empty(q_x.shape, dtype=torch.float32))
+def centred_float(q_x: Tensor, centre: int | None = None) -> Tensor:
+    """A new contiguous float32 tensor a = q_x − c (c = ``centre``, by default 128 for uint8 and
+    0 otherwise): exact integers."""
+    return centred_into(q_x, torch.empty(q_x.shape, dtype=torch.float32), centre)
 
 
 # --------------------------------------------------------------------------- the exact GEMM
@@ -131,7 +129,7 @@ class GemmPlan:
     chunks: tuple[tuple[int, int], ...]
     act_bound: int
 
-    @property
+    @functools.cached_property
     def max_abs_sum(self) -> int:
         return int(self.abs_sums.max()) if self.abs_sums.numel() else 0
 
@@ -165,24 +163,32 @@ def plan_gemm(q_w: Tensor, act_bound: int = 128) -> GemmPlan:
     return GemmPlan(q_w, q_w.to(torch.float32), w64.sum(1), abs_sums, tuple(chunks), act_bound)
 
 
-def exact_matmul(a: Tensor, plan: GemmPlan, act_bound: int, offset: Tensor | None = None) -> Tensor:
+def exact_matmul(
+    a: Tensor, plan: GemmPlan, act_bound: int, offset: Tensor | None = None,
+    max_offset: int | None = None,
+) -> Tensor:  # fmt: skip
     """Σ_k a[m, k]·W[n, k] + offset[n], exactly, as an (M, N) tensor of integer values.
 
     ``a`` is a float32 (M, K) tensor of integers with |a| ≤ ``act_bound``; ``offset`` an int64
-    (N,) tensor. The result is float32 (one fp32 chunk, every value below 2^24), int64 (fp32
-    chunks summed in int64) or float64 (fallback, checked below 2^53): exact integers in any
-    case, which `Requantizer.apply` and ``.to(torch.int32)`` take as they are.
+    (N,) tensor. The result is float32 (one fp32 pass, every partial sum below 2^24: any
+    act_bound, whatever the plan's chunks), int64 (fp32 chunks summed in int64) or float64
+    (fallback, checked below 2^53): exact integers in any case, which `Requantizer.apply` and
+    ``.to(torch.int32)`` take as they are. ``max_offset`` = max|offset| when known.
     """
     wt = plan.weight_f32.t()
     bound = act_bound * plan.max_abs_sum
-    max_off = int(offset.abs().max()) if offset is not None and offset.numel() else 0
-    if act_bound <= plan.act_bound and len(plan.chunks) <= MAX_CHUNKS and fp32_is_strict():
-        if len(plan.chunks) == 1 and (offset is None or bound + max_off < F32_EXACT):
-            if offset is None:
-                return torch.mm(a, wt)
-            return torch.addmm(offset.to(torch.float32), a, wt)
+    max_off = max_offset if max_offset is not None else _max_abs(offset)
+    strict = fp32_is_strict()
+    if strict and bound + max_off < F32_EXACT:
+        if offset is None:
+            return torch.mm(a, wt)
+        return torch.addmm(offset.to(torch.float32), a, wt)
+    if strict and (
+        bound < F32_EXACT or (act_bound <= plan.act_bound and len(plan.chunks) <= MAX_CHUNKS)
+    ):
+        chunks = plan.chunks if bound >= F32_EXACT else ((0, a.shape[1]),)
         acc = torch.zeros(a.shape[0], wt.shape[1], dtype=torch.int64)
-        for k0, k1 in plan.chunks:
+        for k0, k1 in chunks:
             acc += torch.mm(a[:, k0:k1], wt[k0:k1]).to(torch.int64)
         return acc if offset is None else acc.add_(offset)
     if bound + max_off >= F64_EXACT:
@@ -191,6 +197,10 @@ def exact_matmul(a: Tensor, plan: GemmPlan, act_bound: int, offset: Tensor | Non
         )
     out = torch.mm(a.to(torch.float64), wt.to(torch.float64))
     return out if offset is None else out.add_(offset.to(torch.float64))
+
+
+def _max_abs(t: Tensor | None) -> int:
+    return int(t.abs().max()) if t is not None and t.numel() else 0
 
 
 def check_int32_accumulator(
@@ -236,6 +246,14 @@ class LinearWeights:
     plan: GemmPlan
     bias: Tensor  # int64 (N,)
     max_abs_bias: int
+    _offsets: dict[int, tuple[Tensor, int]] = field(default_factory=dict, init=False, repr=False)
+
+    def offset(self, shift: int) -> tuple[Tensor, int]:
+        """bias + shift·Σ_k W[n, k] (shift = c − Z_x) and its max |·|, computed once per shift."""
+        if shift not in self._offsets:
+            off = self.bias + shift * self.plan.col_sums
+            self._offsets[shift] = (off, _max_abs(off))
+        return self._offsets[shift]
 
     @property
     def in_features(self) -> int:
@@ -253,20 +271,22 @@ def prepare_linear(q_w: Tensor, bias_q: Tensor | None = None) -> LinearWeights:
     return LinearWeights(plan, bias, int(bias.abs().max()) if bias.numel() else 0)
 
 
-def _linear_acc(q_x: Tensor, x_zero_point: int, weights: LinearWeights) -> Tensor:
-    """Exact accumulators (..., N), integer-valued (float32, float64 or int64: `exact_matmul`)."""
+def _linear_acc(q_x: Tensor, x_zero_point: int, weights: LinearWeights) -> tuple[Tensor, int]:
+    """Exact accumulators (..., N), integer-valued (float32, float64 or int64: `exact_matmul`),
+    and the static bound on their magnitude, max|q_x − Z_x|·max Σ|w| + max|bias|."""
     check_activation(q_x, x_zero_point)
     k = weights.in_features
     if q_x.dim() < 1 or q_x.shape[-1] != k:
         raise ValueError(f"q_x must have shape (..., {k}), got {tuple(q_x.shape)}")
     c = ACTIVATION_CENTRE[q_x.dtype]
     a = centred_float(q_x.reshape(-1, k))
-    offset = weights.bias + (c - x_zero_point) * weights.plan.col_sums
-    acc = exact_matmul(a, weights.plan, activation_bound(q_x.dtype), offset)
+    offset, max_offset = weights.offset(c - x_zero_point)
+    acc = exact_matmul(a, weights.plan, activation_bound(q_x.dtype), offset, max_offset)
     lo, hi = dtype_range(q_x.dtype)
     act_max = max(x_zero_point - lo, hi - x_zero_point)
     check_int32_accumulator(acc, act_max, weights.plan.max_abs_sum, weights.max_abs_bias, k)
-    return acc.reshape(*q_x.shape[:-1], weights.out_features)
+    bound = act_max * weights.plan.max_abs_sum + weights.max_abs_bias
+    return acc.reshape(*q_x.shape[:-1], weights.out_features), bound
 
 
 def linear_acc(q_x: Tensor, x_zero_point: int, weights: LinearWeights) -> Tensor:
@@ -274,7 +294,7 @@ def linear_acc(q_x: Tensor, x_zero_point: int, weights: LinearWeights) -> Tensor
 
     Raises ValueError if it does not fit int32 (see `check_int32_accumulator`).
     """
-    return _linear_acc(q_x, x_zero_point, weights).to(torch.int32)
+    return _linear_acc(q_x, x_zero_point, weights)[0].to(torch.int32)
 
 
 def linear(q_x: Tensor, x_zero_point: int, weights: LinearWeights, requant: Requantizer) -> Tensor:
@@ -287,4 +307,5 @@ def linear(q_x: Tensor, x_zero_point: int, weights: LinearWeights, requant: Requ
         raise ValueError(
             f"requantizer has {requant.channels} channels, the layer {weights.out_features}"
         )
-    return requant.apply(_linear_acc(q_x, x_zero_point, weights), -1)
+    acc, bound = _linear_acc(q_x, x_zero_point, weights)
+    return requant.apply(acc, -1, bound)

@@ -22,6 +22,7 @@ integer kernel runs in float between an explicit dequantize / quantize pair and 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from torch import Tensor, fx, nn
 from zeropoint.engine import conv as conv_k
 from zeropoint.engine import elementwise as ew
 from zeropoint.engine import kernels as lin_k
-from zeropoint.engine.fixedpoint import Requantizer, activation_range
+from zeropoint.engine.requantize import Requantizer, activation_range
 from zeropoint.functional import dequantize_int, quantize_int
 from zeropoint.lowering import QGraph, QOp, build_qgraph, quantize_bias
 from zeropoint.qparams import QParams, Scheme
@@ -66,10 +67,15 @@ def _out_range(op: QOp) -> tuple[int, int]:
 
 @dataclass
 class Step:
-    """One prepared operation: ``run(values)`` reads its input edges and returns its output."""
+    """One prepared operation: ``run(values)`` reads its input edges and returns its output.
+
+    ``run`` is bound once by `_bind` with every constant it needs (weights, requantizers,
+    tables), so executing a step is one call with no dispatch on its kind.
+    """
 
     op: QOp
     params: dict[str, Any] = field(default_factory=dict)
+    run: Callable[[dict[str, Tensor]], Tensor] = field(init=False, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -103,7 +109,7 @@ class IntegerProgram:
     def __call__(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         """Float in, float out: quantize → integer steps → dequantize."""
         values = self._run(dict(zip(self.graph.inputs, inputs, strict=True)), stop_at_int=False)
-        outs = tuple(values[name] for name in self.graph.outputs)
+        outs = tuple(values[name].contiguous() for name in self.graph.outputs)
         return outs[0] if len(outs) == 1 else outs
 
     def run_int(self, *q_inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
@@ -113,7 +119,7 @@ class IntegerProgram:
             quant = next(s for s in self.steps if s.kind == "quantize" and s.op.inputs[0] == name)
             values[quant.op.output] = q
         values = self._run(values, stop_at_int=True)
-        outs = tuple(values[name] for name in self._int_outputs())
+        outs = tuple(values[name].contiguous() for name in self._int_outputs())
         return outs[0] if len(outs) == 1 else outs
 
     def _int_outputs(self) -> list[str]:
@@ -130,7 +136,7 @@ class IntegerProgram:
                     continue
                 if stop_at_int and step.kind == "dequantize":
                     continue
-                values[step.op.output] = _execute(step, values, self.graph)
+                values[step.op.output] = step.run(values)
         return values
 
     # ------------------------------------------------------------------ reporting
@@ -229,6 +235,8 @@ def to_integer(model: nn.Module, example_inputs: Any, rounding: str = ROUNDING) 
 
 def _prepare(graph: QGraph, rounding: str, stored: bool) -> IntegerProgram:
     steps = [_prepare_step(op, graph, rounding, stored) for op in graph.ops]
+    for step in steps:
+        step.run = _bind(step, graph)
     return IntegerProgram(graph, steps, rounding)
 
 
@@ -313,57 +321,73 @@ def _prepare_step(op: QOp, graph: QGraph, rounding: str, stored: bool) -> Step:
 # ---------------------------------------------------------------------- execution
 
 
-def _execute(step: Step, values: dict[str, Tensor], graph: QGraph) -> Tensor:
-    op, p = step.op, step.params
-    x = values[op.inputs[0]] if op.inputs else None
-    kind = op.kind
+def _bind(step: Step, graph: QGraph) -> Callable[[dict[str, Tensor]], Tensor]:
+    """The step as a closure over its prepared constants. Activations stay (N, C, H, W) in the
+    memory format the kernels produce (channels-last), so no layer copies into a layout."""
+    op, p, kind = step.op, step.params, step.op.kind
+    i0 = op.inputs[0] if op.inputs else ""
     if kind == "quantize":
-        assert op.out_qparams is not None and x is not None
-        return quantize_int(x.float(), op.out_qparams).to(_dtype(op.out_qparams))
+        qp = op.out_qparams
+        assert qp is not None
+        dtype = _dtype(qp)
+        return lambda v: quantize_int(v[i0].float(), qp).to(dtype)
     if kind == "dequantize":
-        qp = graph.edges[op.inputs[0]]
-        assert qp is not None and x is not None
-        return dequantize_int(x, qp)
+        in_qp = graph.edges[i0]
+        assert in_qp is not None
+        return lambda v: dequantize_int(v[i0], in_qp)
     if kind == "float":
-        return _run_float(op, values, graph)
-    assert x is not None
-    if kind == "conv2d":
-        return conv_k.conv2d(x, p["z_x"], p["weights"], p["requant"])
-    if kind == "conv_transpose2d":
-        return conv_k.conv_transpose2d(x, p["z_x"], p["weights"], p["requant"])
-    if kind == "linear":
-        return lin_k.linear(x, p["z_x"], p["weights"], p["requant"])
+        return lambda v: _run_float(op, v, graph)
+    if kind in ("conv2d", "conv_transpose2d", "linear"):
+        z_x, w, rq = p["z_x"], p["weights"], p["requant"]
+        if kind == "conv2d":
+            return lambda v: conv_k.conv2d_nchw(v[i0], z_x, w, rq)
+        if kind == "linear":
+            return lambda v: lin_k.linear(v[i0], z_x, w, rq)
+        return lambda v: conv_k.conv_transpose2d_nchw(v[i0], z_x, w, rq)
     if kind == "add":
-        y = ew.add(x, values[op.inputs[1]], p["add"])
-        return y.clamp_(p["lo"], p["hi"])
+        add_p: ew.AddParams = p["add"]
+        if (p["lo"], p["hi"]) != (add_p.output.qmin, add_p.output.qmax):
+            add_p = add_p.clamped(p["lo"], p["hi"])  # the clamp rides in the add's table
+        i1 = op.inputs[1]
+        return lambda v: ew.add(v[i0], v[i1], add_p)
     if kind == "cat":
-        return ew.concat([values[i] for i in op.inputs], p["cat"], int(op.attrs["dim"]))
+        dim = int(op.attrs["dim"])
+        return lambda v: ew.concat([v[i] for i in op.inputs], p["cat"], dim)
+    a = op.attrs
     if kind == "max_pool2d":
-        a = op.attrs
-        return ew.max_pool2d(
-            x, a["kernel_size"], a.get("stride") or a["kernel_size"], a.get("padding", 0),
-            a.get("dilation", 1), bool(a.get("ceil_mode", False)),
-        )  # fmt: skip
+        pool = (a["kernel_size"], a.get("stride") or a["kernel_size"], a.get("padding", 0),
+                a.get("dilation", 1), bool(a.get("ceil_mode", False)))  # fmt: skip
+        return lambda v: ew.max_pool2d_nchw(v[i0], *pool)
     if kind == "avg_pool2d":
-        a = op.attrs
-        return ew.avg_pool2d(
-            x, p["z_x"], a["kernel_size"], a.get("stride") or a["kernel_size"], a.get("padding", 0),
-            bool(a.get("ceil_mode", False)), bool(a.get("count_include_pad", True)),
-            x_scale=p["s_x"], out_scale=p["s_y"], out_zero_point=p["z_y"],
+        return lambda v: ew.avg_pool2d(
+            v[i0], p["z_x"], a["kernel_size"], a.get("stride") or a["kernel_size"],
+            a.get("padding", 0), bool(a.get("ceil_mode", False)),
+            bool(a.get("count_include_pad", True)), x_scale=p["s_x"], out_scale=p["s_y"],
+            out_zero_point=p["z_y"],
         )  # fmt: skip
     if kind == "adaptive_avg_pool2d":
-        size = op.attrs.get("output_size", 1)
+        size = a.get("output_size", 1)
         if (size if isinstance(size, int) else tuple(size)) not in (1, (1, 1)):
             raise ValueError(f"adaptive average pooling to {size} has no integer kernel")
-        return ew.global_avg_pool2d(
-            x, p["z_x"], x_scale=p["s_x"], out_scale=p["s_y"], out_zero_point=p["z_y"]
-        )
+        requants: dict[int, Requantizer] = {}  # one per input size H·W
+
+        def gap(v: dict[str, Tensor]) -> Tensor:
+            x = v[i0]
+            count = x.shape[2] * x.shape[3]
+            if count not in requants:
+                if count == 0:
+                    raise ValueError(f"global average pooling of an empty {tuple(x.shape)}")
+                requants[count] = ew.pool_requantizer(count, p["s_x"], p["s_y"], p["z_y"], x.dtype)
+            return ew.global_avg_pool2d_nchw(x, p["z_x"], requants[count])
+
+        return gap
     if kind == "flatten":
-        return torch.flatten(x, int(op.attrs.get("start_dim", 1)), int(op.attrs.get("end_dim", -1)))
+        start, end = int(a.get("start_dim", 1)), int(a.get("end_dim", -1))
+        return lambda v: torch.flatten(v[i0], start, end)
     if kind == "reshape":
-        return x.reshape(x.shape[0], *op.shape[1:])
+        return lambda v: v[i0].reshape(v[i0].shape[0], *op.shape[1:])
     if kind in ("relu", "relu6"):
-        return ew.clamp(x, p["lo"], p["hi"])
+        return lambda v: ew.clamp(v[i0], p["lo"], p["hi"])
     raise ValueError(f"no integer kernel for {kind!r}")
 
 

@@ -8,6 +8,7 @@ linear head. Trained at run time in a few seconds to ~98% test accuracy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -98,15 +99,22 @@ def train(
     batch_size: int = 64,
     seed: int = 0,
     extra_loss: object = None,
+    progress: str | None = None,
 ) -> nn.Module:
-    """Adam with cosine decay on the training split; deterministic for a given seed."""
+    """Adam with cosine decay on the training split; deterministic for a given seed (and thread
+    count). ``progress``: a description to show a progress bar over the epochs."""
     g = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     steps = epochs * ((data.x_train.shape[0] + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
-    for _ in range(epochs):
+    epoch_iter: Any = range(epochs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        epoch_iter = tqdm(epoch_iter, desc=progress, unit="epoch", leave=False)
+    for _ in epoch_iter:
         order = torch.randperm(data.x_train.shape[0], generator=g)
         for i in range(0, order.numel(), batch_size):
             idx = order[i : i + batch_size]

@@ -1,0 +1,214 @@
+"""The digits CNN in the main job: fp32, zeropoint's static int8 (simulation, integer engine,
+ONNX Runtime), W2A2 QAT, and the peers' quantizers — size, latency and accuracy side by side."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import zeropoint as zp
+from zeropoint import peers
+from zeropoint.engine import to_integer
+from zeropoint.nn.learnable import pact_regularizer
+from zeropoint.report.timing import interleaved_latency
+from zeropoint.zoo.digits import DigitsCNN, accuracy, load_digits_data, train
+
+OBSERVERS = ("minmax", "percentile", "entropy", "mse", "aciq")
+
+
+@dataclass
+class Row:
+    model: str
+    method: str
+    bits: str
+    size_bytes: int | None
+    latency_s: float | None
+    quality: float  # accuracy (%) or mean cosine
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _dir_size(path: Path) -> int:
+    return peers.file_size(path)
+
+
+def run(work: Path, quick: bool = False) -> tuple[list[Row], dict[str, float]]:
+    """All digits rows (in display order) and the per-observer W8A8 accuracies."""
+    torch.manual_seed(0)
+    data = load_digits_data(seed=0)
+    model = DigitsCNN()
+    train(model, data, epochs=8 if quick else 20, seed=0, progress="digits CNN: fp32 training")
+    x_test, y_test = data.x_test, data.y_test
+    calib = data.calibration_batches()
+    batch = x_test[:64]
+    fp32_acc = accuracy(model, x_test, y_test)
+
+    # zeropoint static int8, every observer side by side
+    observers: dict[str, float] = {}
+    quantized: dict[str, torch.nn.Module] = {}
+    for obs in OBSERVERS:
+        q = zp.quantize_static(model, calib, zp.int8_static(obs), progress=True)
+        quantized[obs] = q
+        observers[obs] = accuracy(q, x_test, y_test)
+    q8 = quantized["minmax"]
+    program = to_integer(q8, batch[:2])
+    zp_ckpt = zp.save(q8, work / "zp_int8")
+    program_dir = program.save(work / "zp_int8_program")
+    zp_onnx = zp.export_onnx(q8, work / "zp_int8_qdq.onnx", batch[:2])
+    zp_sess = peers.ort_runner(peers.ort_session(zp_onnx))
+
+    # peers
+    fp32_onnx = peers.export_fp32_onnx(model, batch[:2], work / "fp32.onnx")
+    ort_fp32 = peers.ort_runner(peers.ort_session(fp32_onnx))
+    ort_default = peers.ort_static_int8(fp32_onnx, calib, work / "ort_int8_default.onnx")
+    ort_u8pc = peers.ort_static_int8(
+        fp32_onnx,
+        calib,
+        work / "ort_u8_perchannel.onnx",
+        per_channel=True,
+        activation_type="QUInt8",
+    )
+    ort_default_run = peers.ort_runner(peers.ort_session(ort_default))
+    ort_u8pc_run = peers.ort_runner(peers.ort_session(ort_u8pc))
+    ao = peers.torch_ao_static_int8(model, calib, batch[:2])
+
+    # low-bit QAT against round-to-nearest
+    qat_cfg = zp.w2a2_qat("lsq")
+    rtn = zp.quantize_static(
+        model, calib, qat_cfg.with_(learnable=None, activation_observer="minmax"), progress=False
+    )
+    qat = zp.prepare_qat(model, qat_cfg, example_inputs=data.x_train[:256])
+    train(qat, data, epochs=8 if quick else 20, lr=3e-3, progress="digits CNN: W2A2 QAT (LSQ)")
+    qat = zp.convert(qat)
+    pact = zp.prepare_qat(model, zp.w2a2_qat("pact"), example_inputs=data.x_train[:256])
+    train(
+        pact,
+        data,
+        epochs=8 if quick else 20,
+        lr=3e-3,
+        extra_loss=pact_regularizer,
+        progress="digits CNN: W2A2 QAT (PACT)",
+    )
+    pact = zp.convert(pact)
+    qat_ckpt = zp.save(qat, work / "zp_w2a2")
+
+    lat = interleaved_latency(
+        {
+            "fp32": lambda: model(batch),
+            "zp_sim": lambda: q8(batch),
+            "zp_int": lambda: program(batch),
+            "zp_ort": lambda: zp_sess(batch),
+            "ort_fp32": lambda: ort_fp32(batch),
+            "ort_default": lambda: ort_default_run(batch),
+            "ort_u8pc": lambda: ort_u8pc_run(batch),
+            "torch_ao": lambda: ao(batch),
+        },
+        repeats=5 if quick else 15,
+    )
+    with tempfile.TemporaryDirectory() as d:
+        fp32_size = peers.file_size(_save_fp32(model, Path(d)))
+    rows = [
+        Row("digits CNN", "fp32 (PyTorch)", "32/32", fp32_size, lat["fp32"], fp32_acc),
+        Row(
+            "digits CNN",
+            "zeropoint static int8, simulation",
+            "8/8",
+            _dir_size(zp_ckpt),
+            lat["zp_sim"],
+            observers["minmax"],
+            "min-max",
+        ),
+        Row(
+            "digits CNN",
+            "zeropoint integer engine",
+            "8/8",
+            _dir_size(program_dir),
+            lat["zp_int"],
+            accuracy(program, x_test, y_test),
+            "int8 in, int32 acc",
+        ),
+        Row(
+            "digits CNN",
+            "zeropoint QDQ → ONNX Runtime",
+            "8/8",
+            peers.file_size(zp_onnx),
+            lat["zp_ort"],
+            accuracy(zp_sess, x_test, y_test),
+            "uint8 act, int8 per-channel",
+        ),
+        Row(
+            "digits CNN",
+            "ONNX Runtime fp32",
+            "32/32",
+            peers.file_size(fp32_onnx),
+            lat["ort_fp32"],
+            accuracy(ort_fp32, x_test, y_test),
+        ),
+        Row(
+            "digits CNN",
+            "ORT quantize_static (defaults)",
+            "8/8",
+            peers.file_size(ort_default),
+            lat["ort_default"],
+            accuracy(ort_default_run, x_test, y_test),
+            "QInt8 act, per-tensor",
+        ),
+        Row(
+            "digits CNN",
+            "ORT quantize_static (QUInt8, per-channel)",
+            "8/8",
+            peers.file_size(ort_u8pc),
+            lat["ort_u8pc"],
+            accuracy(ort_u8pc_run, x_test, y_test),
+        ),
+        Row(
+            "digits CNN",
+            "torch.ao static int8 (FX, x86)",
+            "8/8",
+            peers.state_dict_size(ao),
+            lat["torch_ao"],
+            accuracy(ao, x_test, y_test),
+        ),
+        Row(
+            "digits CNN",
+            "round-to-nearest W2A2",
+            "2/2",
+            None,
+            None,
+            accuracy(rtn, x_test, y_test),
+            "first/last layer 8-bit",
+        ),
+        Row(
+            "digits CNN",
+            "zeropoint QAT W2A2 (LSQ)",
+            "2/2",
+            _dir_size(qat_ckpt),
+            None,
+            accuracy(qat, x_test, y_test),
+            "first/last layer 8-bit",
+        ),
+        Row(
+            "digits CNN",
+            "zeropoint QAT W2A2 (PACT)",
+            "2/2",
+            None,
+            None,
+            accuracy(pact, x_test, y_test),
+            "first/last layer 8-bit",
+        ),
+    ]
+    return rows, observers
+
+
+def _save_fp32(model: torch.nn.Module, directory: Path) -> Path:
+    from safetensors.torch import save_file
+
+    path = directory / "fp32.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path

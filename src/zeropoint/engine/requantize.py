@@ -1,0 +1,346 @@
+"""The output stage: q_y = clamp(Z_y + MBQM(acc, M0, shift), qmin, qmax), cast to int8/uint8.
+
+MBQM is `fixedpoint`'s integer arithmetic (gemmlowp's double rounding, or TFLite's single
+rounding). `Requantizer` evaluates it in one of two ways, bit for bit the same:
+
+* the integer path (`fixedpoint._mbqm_`): five to seven int64 ops, by blocks of rows;
+* the float64 path: three ops, w = acc·M' + c (one ``addcmul``), clamp, cast.
+
+The float64 path. `fixedpoint._mbqm_` writes Z + MBQM(acc) (when no left shift saturates, i.e.
+ls = 0 for double rounding) as one floor,
+
+    y = ⌊(acc·M0 + A − [acc < 0]·W) / 2^s⌋ (+ Z when not folded into A)
+
+with integers M0 ≥ 0, s = total shift ≤ 62, A = the rounding addend (with Z·2^s folded in), W = 0
+("single") or 2^31 ("double", rs ≥ 1). Dividing by 2^s, y = ⌊x⌋ with the real
+
+    x = acc·M' + c,   M' = M0·2^−s,   c = A·2^−s (+ Z) − [acc < 0]·W·2^−s.
+
+M', c and c − W·2^−s are exact in float64 (M0 < 2^31; A/2^(s−1) or A/2^30 has at most ~48
+bits), so the only roundings are those of P = fl(acc·M') and w = fl(P + c). "single" is
+⌊x⌋ = ⌊acc·M + 1/2⌋ (+ Z): ties go up (toward +∞), not to even — so ``floor(w)``, never
+``torch.round``. Let X = max(|qmin|, |qmax + 1|). Then clamp(⌊w⌋) = clamp(⌊x⌋) for every
+accumulator when
+
+    (X + |Z| + 1)·2^s < 2^53     (window), or   |acc|·M0 + (|Z| + 1)·2^s < 2^53     (bound).
+
+Bound: acc·M0 is an integer below 2^53, so P = acc·M' is exact (the 2^−s scaling adds no bits),
+and x = n·2^−s with |n| < 2^53 is representable, so w = x. Window: the results that survive the
+clamp have qmin ≤ x < qmax + 1, hence |x| ≤ X and |P| ≤ X + |Z| + 1; for those, |acc·M0| =
+|P|·2^s and |n| = |x|·2^s are below 2^53 and the same argument makes w = x. Every other
+accumulator is clamped, and stays clamped: rounding is monotone and the thresholds
+t = qmax + 1 − c and t = qmin − c are representable, so P ≥ t ⇒ fl(P) ≥ t ⇒ w ≥ qmax + 1, and
+P < t ⇒ w ≤ qmin. With 8-bit outputs the window condition reads s ≤ 43 (M ≳ 1.2·10^−4), for
+any int32 accumulator; below that the kernels pass the accumulator bound they know (max|q−Z|·Σ|w|
++ |bias|). Otherwise (int32 outputs, left shifts, tiny M with a large bound) the integer path
+runs. After the clamp, ⌊·⌋ = truncation (the cast) when qmin ≥ 0, so uint8 outputs skip floor.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from zeropoint.engine.fixedpoint import (
+    BLOCK_ELEMENTS,
+    INT32_MAX,
+    INT32_MIN,
+    Rounding,
+    _as_int_tensor,
+    _check_int32_range,
+    _check_m0_shift,
+    _Fixed,
+    _fixed,
+    _fixed_map,
+    _mbqm_,
+    quantize_multiplier,
+    quantize_multipliers,
+)
+
+_DTYPE_RANGE: dict[torch.dtype, tuple[int, int]] = {
+    torch.uint8: (0, 255),
+    torch.int8: (-128, 127),
+    torch.int16: (-(1 << 15), (1 << 15) - 1),
+    torch.int32: (INT32_MIN, INT32_MAX),
+}
+#: Integers of magnitude below this are exact in float64.
+_F64_EXACT = 1 << 53
+
+
+def dtype_range(dtype: torch.dtype) -> tuple[int, int]:
+    """(min, max) of an integer container dtype the engine accepts."""
+    if dtype not in _DTYPE_RANGE:
+        raise TypeError(f"expected one of {sorted(map(str, _DTYPE_RANGE))}, got dtype {dtype}")
+    return _DTYPE_RANGE[dtype]
+
+
+def activation_range(
+    activation: str | None, scale: float, zero_point: int, dtype: torch.dtype = torch.uint8
+) -> tuple[int, int]:
+    """(qmin, qmax) of an output clamp that fuses ``activation`` (TFLite's activation range).
+
+    None: the dtype's range; "relu": [max(Z, min), max]; "relu6": [max(Z, min),
+    min(Z + round(6/S), max)], round half away from zero. A fused ReLU is only a narrower clamp.
+    """
+    lo, hi = dtype_range(dtype)
+    if activation is None:
+        return lo, hi
+    if activation not in ("relu", "relu6"):
+        raise ValueError(f"activation must be None, 'relu' or 'relu6', got {activation!r}")
+    lo = max(lo, int(zero_point))
+    if activation == "relu6":
+        hi = min(hi, int(zero_point) + math.floor(6.0 / float(scale) + 0.5))
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class _FloatPath:
+    """Constants of the float64 path (module docstring), shapes () or (C,), float64."""
+
+    mult: Tensor  # M' = M0·2^−s
+    addend: Tensor  # c for acc ≥ 0
+    addend_neg: Tensor | None  # c for acc < 0 (double rounding), None when the same
+    any_acc: bool  # the window condition: exact for every int32 accumulator
+    max_bound: int  # else exact for |acc| ≤ max_bound (the bound condition)
+
+
+def _float_path(f: _Fixed, zero_point: int, qmin: int, qmax: int) -> _FloatPath | None:
+    """The float64 constants of ``f``, or None where only the integer path is exact."""
+    if f.has_left:  # x·2^ls saturates to int32 first: not one floor of a product
+        return None
+    m0 = torch.as_tensor(f.m0, dtype=torch.int64)
+    total, addend, sign_weight = torch.broadcast_tensors(
+        *(torch.as_tensor(v, dtype=torch.int64) for v in (f.total, f.addend, f.sign_weight))
+    )
+    total, addend, sign_weight = (t.expand(m0.shape) for t in (total, addend, sign_weight))
+    if not torch.equal(addend.to(torch.float64).to(torch.int64), addend):
+        return None  # A not exact in float64 (cannot happen for the shifts _fixed produces)
+    nonzero = m0 != 0  # M0 = 0 channels give x = c exactly: no condition on their shift
+    s_max = int(total[nonzero].max()) if bool(nonzero.any()) else 0
+    m0_max = int(m0.max()) if m0.numel() else 0
+    z_abs = abs(zero_point)
+    x_abs = max(abs(qmin), abs(qmax + 1))
+    any_acc = (x_abs + z_abs + 1) << s_max < _F64_EXACT
+    room = _F64_EXACT - 1 - ((z_abs + 1) << s_max)
+    max_bound = (1 << 62) if m0_max == 0 else max(room // m0_max, -1)
+    c = torch.ldexp(addend.to(torch.float64), -total) + float(f.zero_point)
+    delta = torch.ldexp(sign_weight.to(torch.float64), -total)
+    neg = c - delta if bool((sign_weight != 0).any()) else None
+    return _FloatPath(torch.ldexp(m0.to(torch.float64), -total), c, neg, any_acc, max_bound)
+
+
+def _row_slice(x: Tensor, start: int, stop: int) -> Tensor:
+    return x[start:stop]
+
+
+@dataclass(frozen=True, eq=False)
+class Requantizer:
+    """The output stage: q_y = clamp(Z_y + MBQM(acc, M0, shift), qmin, qmax), cast to ``dtype``.
+
+    ``m0``/``shift`` are int64 tensors of shape () (per tensor) or (C,) (per output channel);
+    ``qmin``/``qmax`` default to the range of ``dtype`` and narrow it for a fused ReLU/ReLU6
+    (see `activation_range`); ``rounding`` as in `multiply_by_quantized_multiplier` ("double":
+    gemmlowp, the default; "single": one rounding, as ONNX Runtime's float requantization
+    except at exact ties). Build it with `from_multiplier` or `from_scales`; call it on int32
+    accumulators. Evaluated in float64 where that is exact (module docstring), else in int64.
+    """
+
+    m0: Tensor
+    shift: Tensor
+    zero_point: int = 0
+    dtype: torch.dtype = torch.uint8
+    qmin: int | None = None
+    qmax: int | None = None
+    rounding: Rounding = "double"
+    _fixed: _Fixed = field(init=False, repr=False)
+    _float: _FloatPath | None = field(init=False, repr=False)
+    _views: dict[tuple[int, int], tuple[Tensor, ...]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        m0 = _as_int_tensor(self.m0, "m0").to(torch.int64)
+        shift = _as_int_tensor(self.shift, "shift").to(torch.int64)
+        if m0.shape != shift.shape or m0.dim() > 1:
+            raise ValueError(
+                f"m0 and shift must share a shape () or (C,), got {tuple(m0.shape)} and "
+                f"{tuple(shift.shape)}"
+            )
+        _check_m0_shift(m0, shift)
+        lo, hi = dtype_range(self.dtype)
+        qmin = lo if self.qmin is None else int(self.qmin)
+        qmax = hi if self.qmax is None else int(self.qmax)
+        if not lo <= qmin <= qmax <= hi:
+            raise ValueError(f"clamp [{qmin}, {qmax}] must lie inside {self.dtype}'s [{lo}, {hi}]")
+        if not lo <= int(self.zero_point) <= hi:
+            raise ValueError(f"zero point {self.zero_point} is outside {self.dtype}'s [{lo}, {hi}]")
+        for name, value in (("m0", m0), ("shift", shift), ("qmin", qmin), ("qmax", qmax)):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "zero_point", int(self.zero_point))
+        fixed = _fixed(m0, shift, self.rounding, int(self.zero_point))
+        object.__setattr__(self, "_fixed", fixed)
+        object.__setattr__(self, "_float", _float_path(fixed, self.zero_point, qmin, qmax))
+
+    @classmethod
+    def from_multiplier(
+        cls,
+        multiplier: float | Tensor,
+        zero_point: int = 0,
+        dtype: torch.dtype = torch.uint8,
+        qmin: int | None = None,
+        qmax: int | None = None,
+        rounding: Rounding = "double",
+    ) -> Requantizer:
+        """From the real multiplier(s) M: a float (per tensor) or a 1-D tensor (per channel)."""
+        if isinstance(multiplier, Tensor):
+            m0, shift = quantize_multipliers(
+                multiplier.reshape(-1) if multiplier.dim() else multiplier
+            )
+        else:
+            m0_i, shift_i = quantize_multiplier(multiplier)
+            m0, shift = torch.tensor(m0_i), torch.tensor(shift_i)
+        return cls(m0, shift, zero_point, dtype, qmin, qmax, rounding)
+
+    @classmethod
+    def from_scales(
+        cls,
+        input_scale: float,
+        weight_scale: float | Tensor,
+        output_scale: float,
+        zero_point: int = 0,
+        dtype: torch.dtype = torch.uint8,
+        activation: str | None = None,
+        rounding: Rounding = "double",
+    ) -> Requantizer:
+        """M = S_x·S_w / S_y computed in float64 (S_w per channel if a 1-D tensor)."""
+        for name, s in (("input_scale", input_scale), ("output_scale", output_scale)):
+            if not float(s) > 0 or not math.isfinite(float(s)):
+                raise ValueError(f"{name} must be finite and > 0, got {s!r}")
+        if isinstance(weight_scale, Tensor):
+            m: float | Tensor = (
+                weight_scale.to(torch.float64) * float(input_scale) / float(output_scale)
+            )
+        else:
+            m = float(input_scale) * float(weight_scale) / float(output_scale)
+        lo, hi = activation_range(activation, float(output_scale), zero_point, dtype)
+        return cls.from_multiplier(m, zero_point, dtype, lo, hi, rounding)
+
+    @property
+    def channels(self) -> int | None:
+        """Number of per-channel multipliers, None per tensor."""
+        return None if self.m0.dim() == 0 else self.m0.numel()
+
+    def clamped(self, qmin: int, qmax: int) -> Requantizer:
+        """The same multipliers with the clamp narrowed to [qmin, qmax] (e.g. a fused ReLU)."""
+        return Requantizer(
+            self.m0, self.shift, self.zero_point, self.dtype, qmin, qmax, self.rounding
+        )
+
+    def float_exact(self, bound: int | None = None) -> bool:
+        """Whether `apply` runs the float64 path for accumulators with |acc| ≤ ``bound``
+        (None: any int32)."""
+        fp = self._float
+        return fp is not None and (fp.any_acc or (bound is not None and bound <= fp.max_bound))
+
+    def __call__(self, acc: Tensor, channel_axis: int = -1) -> Tensor:
+        """Requantize int32 accumulators; per-channel multipliers run along ``channel_axis``."""
+        if not isinstance(acc, Tensor) or acc.dtype not in (torch.int32, torch.int64):
+            got = acc.dtype if isinstance(acc, Tensor) else type(acc).__name__
+            raise TypeError(f"accumulator must be an int32 (or int64) tensor, got {got}")
+        _check_int32_range(acc, "accumulator")
+        return self.apply(acc, channel_axis, 1 << 31)
+
+    def apply(self, acc: Tensor, channel_axis: int = -1, bound: int | None = None) -> Tensor:
+        """`__call__` for trusted input (no range check): an int64 tensor, or a float tensor from
+        an exact GEMM, holding integers in the int32 range, with |acc| ≤ ``bound`` when given
+        (a static bound lets the float64 path run for small multipliers). The output keeps
+        ``acc``'s strides when ``acc`` is dense.
+
+        The integer path works through blocks of < 32768 elements: each op on a block runs
+        inline in the calling thread (below ATen's parallel grain) on cache-resident data,
+        instead of a fork/join of the thread pool per op over the whole tensor.
+        """
+        per_channel = self.m0.dim() == 1
+        axis = channel_axis % acc.dim() if acc.dim() else 0
+        if per_channel and (acc.dim() == 0 or acc.shape[axis] != self.m0.numel()):
+            raise ValueError(
+                f"{self.m0.numel()} per-channel multipliers do not match axis {channel_axis} "
+                f"of the accumulator shape {tuple(acc.shape)}"
+            )
+        if acc.dim() == 0:
+            return self.apply(acc.reshape(1), 0, bound).reshape(())
+        if self.float_exact(bound):
+            return self._apply_float(acc, axis)
+        out = torch.empty_like(acc, dtype=self.dtype)  # same strides as acc (dense input)
+        if acc.numel() == 0:
+            return out
+        moved, moved_out = acc.movedim(axis, -1), out.movedim(axis, -1)
+        if moved.is_contiguous():  # channels innermost in memory: rows of C
+            c = moved.shape[-1]
+            f = _fixed_map(self._fixed, lambda x: x.reshape(1, c))
+            self._blocks(moved.reshape(-1, c), moved_out.reshape(-1, c), f)
+        elif acc.is_contiguous():  # channels outer: rows of prod(shape[axis+1:]), one channel each
+            inner = math.prod(acc.shape[axis + 1 :])
+            outer = math.prod(acc.shape[:axis])
+            f = _fixed_map(self._fixed, lambda x: x.reshape(-1, 1).repeat(outer, 1))
+            self._blocks(acc.reshape(-1, inner), out.reshape(-1, inner), f)
+        else:
+            return self.apply(acc.contiguous(), channel_axis, bound)
+        return out
+
+    def _apply_float(self, acc: Tensor, axis: int) -> Tensor:
+        """clamp(⌊acc·M' + c⌋) (module docstring) by blocks along dim 0 of ≤ 32768 elements
+        per intra-op thread.
+
+        Blocks keep the float64 temporaries small and cache-resident (a whole-tensor float64
+        temporary is 8 bytes an element: freed and re-allocated every call, it makes the heap
+        shrink and grow, and fresh pages cost a page fault each) while each op still splits
+        into one ATen grain per thread. The constants are viewed with acc's number of
+        dimensions: a 0-d float64 tensor would not promote a float32 ``acc`` to float64.
+        """
+        consts = self._views.get((acc.dim(), axis))
+        if consts is None:
+            fp = self._float
+            assert fp is not None
+            shape = [1] * acc.dim()
+            if self.m0.dim() == 1:
+                shape[axis] = -1
+            tensors = (fp.mult, fp.addend) + (() if fp.addend_neg is None else (fp.addend_neg,))
+            consts = self._views[(acc.dim(), axis)] = tuple(t.view(shape) for t in tensors)
+        out = torch.empty_like(acc, dtype=self.dtype)  # acc's strides when acc is dense
+        n = acc.shape[0]
+        if n == 0 or out.numel() == 0:
+            return out
+        outer = acc.stride(0) >= max(acc.stride()) and out.stride(0) >= max(out.stride())
+        block = (BLOCK_ELEMENTS + 1) * torch.get_num_threads()  # ≤ one grain per thread
+        rows = max(1, block * n // acc.numel()) if outer else n
+        slice_consts = axis == 0 and self.m0.dim() == 1
+        qmin = int(self.qmin)  # type: ignore[arg-type]  # an int after __post_init__
+        for r0 in range(0, n, rows):
+            a = acc[r0 : r0 + rows]
+            k = tuple(t[r0 : r0 + rows] for t in consts) if slice_consts else consts
+            if len(k) == 2:
+                w = torch.addcmul(k[1], a, k[0])
+            else:
+                w = torch.where(a < 0, k[2], k[1]).addcmul_(a, k[0])
+            w.clamp_(qmin, self.qmax)
+            if qmin < 0:  # after the clamp the cast truncates, which is ⌊·⌋ only for w ≥ 0
+                w.floor_()
+            # float64 → int32 → uint8 is ~2x faster than float64 → uint8 on large blocks
+            out[r0 : r0 + rows].copy_(w if w.numel() < 4096 else w.to(torch.int32))
+        return out
+
+    def _blocks(self, src: Tensor, dst: Tensor, f: _Fixed) -> None:
+        """dst = clamp(Z + MBQM(src)) by blocks of rows; per-row constants of ``f`` (shape
+        (rows, 1)) are sliced along, per-column ones ((1, C)) and scalars broadcast."""
+        rows = max(1, BLOCK_ELEMENTS // src.shape[1])
+        per_row = isinstance(f.m0, Tensor) and f.m0.shape[0] > 1
+        for r0 in range(0, src.shape[0], rows):
+            r1 = r0 + rows
+            fb = _fixed_map(f, functools.partial(_row_slice, start=r0, stop=r1)) if per_row else f
+            t = src[r0:r1].to(torch.int64, copy=True)
+            dst[r0:r1].copy_(_mbqm_(t, fb).clamp_(self.qmin, self.qmax))
