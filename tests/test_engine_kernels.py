@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from zeropoint.engine.conv import (
     conv2d,
     conv2d_acc,
+    conv2d_nchw,
     conv_transpose2d,
     conv_transpose2d_acc,
+    conv_transpose2d_nchw,
     prepare_conv2d,
     prepare_conv_transpose2d,
 )
@@ -291,6 +293,45 @@ def test_conv2d_direct_path_exact_near_the_float32_bound() -> None:
         assert torch.equal(conv2d_acc(q_x, 128, weights, method=method).long(), acc_ref)
 
 
+@pytest.mark.parametrize("batch", [1, 4])  # ≤ 256 output pixels: ATen im2col; else oneDNN
+@pytest.mark.parametrize("zx", [128, 3])  # |q − Z_x| ≤ 128: centred by Z_x; else by 128, padded
+def test_conv2d_direct_centring_and_backends_exact_near_the_bound(batch: int, zx: int) -> None:
+    # 128·Σ|w| just below 2^24 and 255·Σ|w| above: with Z_x = 128 the input is centred by Z_x
+    # (native zero padding), with Z_x = 3 by 128 (padding Z_x − 128 written by hand)
+    gen = torch.Generator().manual_seed(13)
+    q_w = torch.randint(110, 114, (8, 128, 3, 3), generator=gen).to(torch.int8)
+    bias = torch.randint(-3000, 3000, (8,), generator=gen, dtype=torch.int32)
+    q_x = torch.randint(200, 256, (batch, 128, 10, 10), generator=gen).to(torch.uint8)
+    q_x[:, :, 4:6] = 0  # some large negative q − Z_x too
+    weights = prepare_conv2d(q_w, bias, padding=1)
+    assert 128 * weights.max_abs_sum < 2**24 <= 255 * weights.max_abs_sum
+    acc_ref = conv_reference(q_x, zx, q_w, bias, 1, 1, 1, 1)
+    assert torch.equal(conv2d_acc(q_x, zx, weights, method="direct").long(), acc_ref)
+    mult = [3e-5 * (1 + i / 8) for i in range(8)]
+    rq = Requantizer.from_multiplier(torch.tensor(mult), 9, torch.uint8, rounding="single")
+    y = conv2d_nchw(q_x, zx, weights, rq)
+    assert y.is_contiguous(memory_format=torch.channels_last)  # no copy into a layout
+    m0s, shifts = zip(*(quantize_multiplier(m) for m in mult))
+    expect = [[min(max(9 + ((a * m0s[c] + (1 << (shifts[c] - 1))) >> shifts[c]), 0), 255)
+               for a in acc_ref[:, c].flatten().tolist()] for c in range(8)]  # fmt: skip
+    assert [y[:, c].flatten().tolist() for c in range(8)] == expect
+
+
+def test_conv_transpose2d_upsampling_centred_by_128_when_z_x_would_overflow() -> None:
+    # 255·Σ_i|w| ≥ 2^24 > 128·Σ_i|w| per column: centred by 128, the correction in the offsets
+    gen = torch.Generator().manual_seed(14)
+    q_w = torch.where(torch.rand(600, 3, 2, 2, generator=gen) < 0.5, 127, -127).to(torch.int8)
+    bias = torch.randint(-3000, 3000, (3,), generator=gen, dtype=torch.int32)
+    weights = prepare_conv_transpose2d(q_w, bias, stride=2)
+    q_x = torch.randint(0, 256, (2, 600, 3, 3), generator=gen).to(torch.uint8)
+    expect = F.conv_transpose2d(q_x.double() - 5, q_w.double(), bias.double(), 2).long()
+    assert torch.equal(conv_transpose2d_acc(q_x, 5, weights).long(), expect)
+    mult = [2e-6, 3e-6, 5e-6]
+    rq = Requantizer.from_multiplier(torch.tensor(mult), 120)
+    y = conv_transpose2d_nchw(q_x, 5, weights, rq)
+    assert torch.equal(y, ref_requant(expect, mult, 120, torch.uint8, 1))
+
+
 def test_conv_int16_activations_take_the_float64_path_exactly() -> None:
     gen = torch.Generator().manual_seed(12)
     q_x = rand_q(gen, (1, 6, 7, 7), torch.int16)
@@ -402,6 +443,33 @@ def test_add_matches_tflite_reference_with_broadcast() -> None:
     assert (add(qa, qb, params).double() - expect).abs().max() <= 1
     with pytest.raises(ValueError, match="broadcast"):
         add(qa, rand_q(gen, (7,), torch.uint8), params)
+
+
+@pytest.mark.parametrize(
+    ("da", "db", "act"),
+    [(torch.uint8, torch.uint8, None), (torch.int8, torch.uint8, "relu"),
+     (torch.int8, torch.int8, None)],
+)  # fmt: skip
+def test_add_table_matches_tflite_on_every_pair_of_codes(
+    da: torch.dtype, db: torch.dtype, act: str | None
+) -> None:
+    # every (q_a, q_b) pair at once, by broadcasting (256, 1) against (1, 256)
+    qa = torch.arange(RANGE[da][0], RANGE[da][1] + 1).to(da).view(256, 1)
+    qb = torch.arange(RANGE[db][0], RANGE[db][1] + 1).to(db).view(1, 256)
+    za, zb = (-3, 140) if da == torch.int8 else (120, 7)
+    if db == torch.int8:
+        zb = 5
+    params = prepare_add(0.031, za, 0.0123, zb, 0.05, 10, torch.uint8, act)
+    lo = 10 if act == "relu" else 0
+    expect = ref_add(qa, za, 0.031, qb, zb, 0.0123, 0.05, 10, lo, 255)
+    assert torch.equal(add(qa, qb, params).long(), expect)
+    # channels-last operands: the result keeps their memory format
+    gen = torch.Generator().manual_seed(15)
+    xa = rand_q(gen, (2, 5, 3, 4), da).contiguous(memory_format=torch.channels_last)
+    xb = rand_q(gen, (2, 5, 3, 4), db).contiguous(memory_format=torch.channels_last)
+    y = add(xa, xb, params)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y.long(), ref_add(xa, za, 0.031, xb, zb, 0.0123, 0.05, 10, lo, 255))
 
 
 def test_concat_requantizes_each_input() -> None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import zeropoint as zp
-from zeropoint.nn.dynamic import DynamicQuantLinear, WeightOnlyLinear
+from zeropoint.nn.dynamic import DynamicQuantLinear, WeightOnlyEmbedding, WeightOnlyLinear
 from zeropoint.workflows.dynamic import quantize_dynamic
 
 
@@ -62,6 +62,25 @@ def test_int4_weight_only_packs_and_dequantizes_groups() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "scheme",
+    [zp.Scheme(bits=8, symmetric=True, axis=0), zp.Scheme(bits=4, symmetric=True, group_size=16)],
+    ids=str,
+)
+def test_embedding_rows_are_gathered_then_dequantized(scheme: zp.Scheme) -> None:
+    torch.manual_seed(1)
+    emb = nn.Embedding(50, 32)
+    q = WeightOnlyEmbedding(emb, scheme)
+    idx = torch.tensor([[0, 7, 49], [7, 7, 1]])
+    # reference: quantize the whole table with the same scheme, then look the rows up
+    table_scheme = scheme.with_(axis=-1) if scheme.group_size else scheme
+    table = zp.fake_quantize(emb.weight.detach(), zp.calibrate(emb.weight.detach(), table_scheme))
+    assert torch.equal(q(idx), F.embedding(idx, table))
+    assert q.weight_data.numel() == 50 * 32 * scheme.bits // 8
+    with pytest.raises(IndexError, match="out of range"):
+        q(torch.tensor([50]))
+
+
 def test_quantize_dynamic_keeps_class_and_leaves_the_float_model(tmp_path: Path) -> None:
     model = _mlp()
     before = copy.deepcopy(model.state_dict())
@@ -79,7 +98,7 @@ def test_quantize_dynamic_keeps_class_and_leaves_the_float_model(tmp_path: Path)
 def test_bad_configs_name_the_problem() -> None:
     with pytest.raises(ValueError, match="dynamic config"):
         quantize_dynamic(_mlp(), zp.int8_static())
-    with pytest.raises(ValueError, match="no Linear layer"):
+    with pytest.raises(ValueError, match="no Linear or Embedding layer"):
         quantize_dynamic(nn.Sequential(nn.ReLU()))
     with pytest.raises(ValueError, match="no such module"):
         quantize_dynamic(_mlp(), zp.int8_dynamic().with_(skip=("encoder.*",)))

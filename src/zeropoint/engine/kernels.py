@@ -46,13 +46,15 @@ MAX_CHUNKS = 4
 ACTIVATION_CENTRE: dict[torch.dtype, int] = {torch.uint8: 128, torch.int8: 0, torch.int16: 0}
 
 
+#: oneDNN's per-operation fp32 precision settings (torch ≥ 2.9), looked up once.
+_MKLDNN_PRECISIONS = tuple(getattr(torch.backends.mkldnn, p, None) for p in ("matmul", "conv"))
+
+
 def fp32_is_strict() -> bool:
     """True when fp32 matmul and oneDNN convolution compute in IEEE fp32 (no TF32/bf16)."""
     if torch.get_float32_matmul_precision() != "highest":
         return False
-    mkldnn = torch.backends.mkldnn
-    for part in ("matmul", "conv"):
-        backend = getattr(mkldnn, part, None)
+    for backend in _MKLDNN_PRECISIONS:
         if getattr(backend, "fp32_precision", "none") not in ("none", "ieee"):
             return False
     return os.environ.get("ONEDNN_DEFAULT_FPMATH_MODE", "strict").lower() in ("strict", "")

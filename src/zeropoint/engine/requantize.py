@@ -302,37 +302,43 @@ class Requantizer:
         into one ATen grain per thread. The constants are viewed with acc's number of
         dimensions: a 0-d float64 tensor would not promote a float32 ``acc`` to float64.
         """
-        consts = self._views.get((acc.dim(), axis))
-        if consts is None:
-            fp = self._float
-            assert fp is not None
-            shape = [1] * acc.dim()
-            if self.m0.dim() == 1:
-                shape[axis] = -1
-            tensors = (fp.mult, fp.addend) + (() if fp.addend_neg is None else (fp.addend_neg,))
-            consts = self._views[(acc.dim(), axis)] = tuple(t.view(shape) for t in tensors)
+        consts = self._views.get((acc.dim(), axis)) or self._float_views(acc.dim(), axis)
         out = torch.empty_like(acc, dtype=self.dtype)  # acc's strides when acc is dense
-        n = acc.shape[0]
-        if n == 0 or out.numel() == 0:
+        numel, block = out.numel(), (BLOCK_ELEMENTS + 1) * torch.get_num_threads()
+        if numel <= block:
+            if numel:
+                self._float_block(acc, consts, out)
             return out
+        n = acc.shape[0]
         outer = acc.stride(0) >= max(acc.stride()) and out.stride(0) >= max(out.stride())
-        block = (BLOCK_ELEMENTS + 1) * torch.get_num_threads()  # ≤ one grain per thread
-        rows = max(1, block * n // acc.numel()) if outer else n
-        slice_consts = axis == 0 and self.m0.dim() == 1
-        qmin = int(self.qmin)  # type: ignore[arg-type]  # an int after __post_init__
+        rows = max(1, block * n // numel) if outer else n
+        per_row = axis == 0 and self.m0.dim() == 1  # per-channel constants along dim 0
         for r0 in range(0, n, rows):
-            a = acc[r0 : r0 + rows]
-            k = tuple(t[r0 : r0 + rows] for t in consts) if slice_consts else consts
-            if len(k) == 2:
-                w = torch.addcmul(k[1], a, k[0])
-            else:
-                w = torch.where(a < 0, k[2], k[1]).addcmul_(a, k[0])
-            w.clamp_(qmin, self.qmax)
-            if qmin < 0:  # after the clamp the cast truncates, which is ⌊·⌋ only for w ≥ 0
-                w.floor_()
-            # float64 → int32 → uint8 is ~2x faster than float64 → uint8 on large blocks
-            out[r0 : r0 + rows].copy_(w if w.numel() < 4096 else w.to(torch.int32))
+            k = tuple(t[r0 : r0 + rows] for t in consts) if per_row else consts
+            self._float_block(acc[r0 : r0 + rows], k, out[r0 : r0 + rows])
         return out
+
+    def _float_views(self, ndim: int, axis: int) -> tuple[Tensor, ...]:
+        """(M', c[, c for acc < 0]) viewed to broadcast along ``axis`` of an ndim tensor."""
+        fp = self._float
+        assert fp is not None
+        shape = [1] * ndim
+        if self.m0.dim() == 1:
+            shape[axis] = -1
+        tensors = (fp.mult, fp.addend) + (() if fp.addend_neg is None else (fp.addend_neg,))
+        views = self._views[(ndim, axis)] = tuple(t.view(shape) for t in tensors)
+        return views
+
+    def _float_block(self, acc: Tensor, k: tuple[Tensor, ...], out: Tensor) -> None:
+        if len(k) == 2:
+            w = torch.addcmul(k[1], acc, k[0])
+        else:
+            w = torch.where(acc < 0, k[2], k[1]).addcmul_(acc, k[0])
+        w.clamp_(self.qmin, self.qmax)
+        if self.dtype != torch.uint8:  # after the clamp, the cast truncates: ⌊·⌋ only for w ≥ 0
+            w.floor_()
+        # float64 → int32 → uint8 is ~2x faster than float64 → uint8 on large blocks
+        out.copy_(w if w.numel() < 4096 else w.to(torch.int32))
 
     def _blocks(self, src: Tensor, dst: Tensor, f: _Fixed) -> None:
         """dst = clamp(Z + MBQM(src)) by blocks of rows; per-row constants of ``f`` (shape

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from zeropoint.functional import dequantize_int, quantize_int
-from zeropoint.nn.dynamic import DynamicQuantLinear, WeightOnlyLinear
+from zeropoint.nn.dynamic import DynamicQuantLinear, WeightOnlyEmbedding, WeightOnlyLinear
 from zeropoint.nn.modules import QuantMixin
 from zeropoint.nn.quantizers import FakeQuant
 from zeropoint.qparams import QParams, Scheme
@@ -149,20 +149,25 @@ def save(model: nn.Module, path: str | Path) -> Path:
     quantized: dict[str, dict[str, Any]] = {}
     skip_keys: set[str] = set()
     for name, module in model.named_modules():
-        if isinstance(module, DynamicQuantLinear | WeightOnlyLinear):
+        if isinstance(module, DynamicQuantLinear | WeightOnlyLinear | WeightOnlyEmbedding):
             key = f"{name}.weight"
             data = (
                 module.weight_codes
                 if isinstance(module, DynamicQuantLinear)
                 else module.weight_data
             )
-            packed = isinstance(module, WeightOnlyLinear) and module.packed
+            packed = not isinstance(module, DynamicQuantLinear) and module.packed
             tensors[f"{key}.codes"] = data.contiguous()
+            shape = (
+                [module.num_embeddings, module.embedding_dim]
+                if isinstance(module, WeightOnlyEmbedding)
+                else [module.out_features, module.in_features]
+            )
             quantized[key] = {
                 "encoding": _encoding(module.weight_qparams),
                 "packed": packed,
-                "view_shape": [module.out_features, module.in_features],
-                "shape": [module.out_features, module.in_features],
+                "view_shape": shape,
+                "shape": shape,
             }
             skip_keys.update({key, f"{name}.weight_codes", f"{name}.weight_data"})
         elif isinstance(module, QuantMixin) and module.weight_quant is not None:
@@ -311,7 +316,7 @@ def _load_module_swapped(
         try:
             if isinstance(layer, DynamicQuantLinear):
                 layer.set_codes(codes, qp)
-            elif isinstance(layer, WeightOnlyLinear):
+            elif isinstance(layer, WeightOnlyLinear | WeightOnlyEmbedding):
                 layer.set_codes(codes, qp, bool(info["packed"]))
             else:
                 raise ValueError(f"the model's {key} is not a dynamic or weight-only layer")

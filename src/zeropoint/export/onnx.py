@@ -36,6 +36,27 @@ _INT_TYPES = {
 }
 
 
+def _numpy_types() -> dict[int, Any]:
+    import ml_dtypes
+    from onnx import TensorProto
+
+    return {
+        TensorProto.INT8: np.int8,
+        TensorProto.UINT8: np.uint8,
+        TensorProto.INT16: np.int16,
+        TensorProto.UINT16: np.uint16,
+        TensorProto.INT32: np.int32,
+        TensorProto.INT4: ml_dtypes.int4,
+        TensorProto.UINT4: ml_dtypes.uint4,
+    }
+
+
+try:
+    _NUMPY_TYPES = _numpy_types()
+except ImportError:  # onnx / ml_dtypes absent: export raises a clear error when called
+    _NUMPY_TYPES = {}
+
+
 def _elem_type(qp: QParams) -> int:
     from onnx import TensorProto
 
@@ -62,6 +83,10 @@ class _Builder:
         name = self.name(base)
         if elem_type is None:
             self.inits.append(numpy_helper.from_array(array, name))
+            return name
+        np_type = _NUMPY_TYPES.get(elem_type)
+        if np_type is not None:  # raw little-endian bytes (packed for 4-bit types)
+            self.inits.append(numpy_helper.from_array(array.astype(np_type), name))
         else:
             self.inits.append(
                 helper.make_tensor(name, elem_type, list(array.shape), array.flatten().tolist())

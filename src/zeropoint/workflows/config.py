@@ -127,12 +127,13 @@ class QuantConfig:
 
 
 def int8_dynamic() -> QuantConfig:
-    """Weights int8 per channel; activations int8 per token, chosen at run time."""
+    """Linear weights int8 per channel, activations quantized per token at run time; embedding
+    tables int8 per row."""
     return QuantConfig(
         activation=Scheme(bits=8, signed=False),
         dynamic=True,
         per_token=True,
-        module_types=(nn.Linear,),
+        module_types=(nn.Linear, nn.Embedding),
     )
 
 
@@ -142,12 +143,12 @@ def int8_static(observer: str = "minmax") -> QuantConfig:
 
 
 def int4_weight_only(group_size: int = 32) -> QuantConfig:
-    """Weights int4 symmetric in groups of ``group_size`` along the input dimension; float
-    activations (the weight-loading bottleneck of transformers)."""
+    """Weights int4 symmetric in groups of ``group_size`` along the input dimension (embedding
+    rows likewise); float activations (the weight-loading bottleneck of transformers)."""
     return QuantConfig(
         weight=Scheme(bits=4, symmetric=True, group_size=group_size),
         activation=None,
-        module_types=(nn.Linear,),
+        module_types=(nn.Linear, nn.Embedding),
     )
 
 

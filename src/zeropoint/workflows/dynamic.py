@@ -14,7 +14,7 @@ import copy
 
 from torch import nn
 
-from zeropoint.nn.dynamic import DynamicQuantLinear, WeightOnlyLinear
+from zeropoint.nn.dynamic import DynamicQuantLinear, WeightOnlyEmbedding, WeightOnlyLinear
 from zeropoint.workflows.config import QuantConfig, int8_dynamic
 from zeropoint.workflows.graph import QuantState
 
@@ -26,7 +26,8 @@ def quantize_dynamic(
     reduce_range: bool = False,
 ) -> nn.Module:
     """Swap every Linear the config selects for `DynamicQuantLinear` (config.dynamic, int8
-    weights) or `WeightOnlyLinear` (config.activation is None: weight-only)."""
+    weights) or `WeightOnlyLinear` (config.activation is None: weight-only), and every Embedding
+    it selects for `WeightOnlyEmbedding` (codes per row, or per group within a row)."""
     config = config or int8_dynamic()
     if not config.dynamic and config.activation is not None:
         raise ValueError(
@@ -40,7 +41,7 @@ def quantize_dynamic(
     state = QuantState(config, "dynamic" if config.dynamic else "weight_only", capture="module")
     targets = []
     for name, module in model.named_modules():
-        if type(module) is not nn.Linear:
+        if type(module) not in (nn.Linear, nn.Embedding):
             continue
         resolved = config.resolve(name, module)
         if resolved is None or resolved[0] is None:
@@ -49,13 +50,17 @@ def quantize_dynamic(
     for name, module, (w_scheme, a_scheme) in targets:
         assert w_scheme is not None
         new: nn.Module
-        if config.dynamic and a_scheme is not None:
+        if isinstance(module, nn.Embedding):
+            new = WeightOnlyEmbedding(module, w_scheme)  # a lookup has no activation to quantize
+        elif config.dynamic and a_scheme is not None:
             new = DynamicQuantLinear(module, w_scheme, config.per_token, reduce_range)
         else:
             new = WeightOnlyLinear(module, w_scheme)
         model.set_submodule(name, new)
         state.layers[name] = (w_scheme, a_scheme if config.dynamic else None)
     if not targets:
-        raise ValueError(f"{type(model).__name__} has no Linear layer that the config selects")
+        raise ValueError(
+            f"{type(model).__name__} has no Linear or Embedding layer that the config selects"
+        )
     model.__dict__["_zeropoint"] = state
     return model
