@@ -7,6 +7,8 @@ noise hits all of them alike); we report medians and ratios. Peers:
            for linear also torch.ao.nn.quantized.dynamic.Linear (fp32 in, int8 weights)
   ort      onnxruntime QLinearMatMul / QLinearConv, intra_op_num_threads = --threads (2)
 Ratios are peer_time / ours_time: above 1 means ours is faster.
+End to end: the digits CNN (trained briefly, zp.quantize_static, zp.to_integer) against its
+fp32 model and ONNX Runtime on the QDQ export, at batch 1 and 64.
 
 Run: .venv/bin/python bench/engine.py [--reps N] [--threads T]; writes bench/results/engine.json.
 On a shared machine, multi-threaded timings of the engine (several short parallel elementwise
@@ -187,15 +189,62 @@ def measure(
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
-def digits_cnn_latency() -> dict | None:
-    """End-to-end latency of the integer digits CNN (``zp.to_integer`` program vs fp32 model).
+def _ort_program(model_q: torch.nn.Module, x: torch.Tensor) -> Callable[[], object] | None:
+    """ONNX Runtime on zeropoint's QDQ export of ``model_q`` (fixed batch of ``x``), or None."""
+    try:
+        import onnxruntime as ort
 
-    ──────────────── TO BE FILLED BY THE LEAD (needs engine/program.py) ────────────────
-    Train the seeded sklearn-digits CNN, lower it with ``zp.to_integer``, and return
-    {"ours_ms": ..., "fp32_ms": ..., "ort_ms": ...} measured with `measure`. Until then this
-    returns None and the table says "not measured" — no number is invented here.
+        from zeropoint.export.onnx import to_onnx_model
+    except ImportError:
+        return None
+    proto = to_onnx_model(model_q, x)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see _ort_session
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feed = {proto.graph.input[0].name: x.numpy()}
+    return lambda: sess.run(None, feed)
+
+
+def digits_cnn_latency(reps: int, batches: tuple[int, ...] = (1, 64)) -> dict | None:
+    """End-to-end latency of the integer digits CNN against the fp32 model it came from.
+
+    The seeded sklearn-digits CNN (`zeropoint.zoo.digits`) is trained briefly (3 epochs, seed 0),
+    quantized with ``zp.quantize_static`` on its calibration batches and lowered with
+    ``zp.to_integer``; then, per batch size, ``program(x)`` (float in → quantize → integer steps
+    → dequantize → float out), the fp32 model and ONNX Runtime on the QDQ export run interleaved
+    under ``torch.no_grad()``. Returns {"batch1": {"ours": s, "fp32": s, "ort": s}, ...}
+    (median seconds per call), or None without scikit-learn.
     """
-    return None
+    try:
+        from zeropoint.zoo.digits import DigitsCNN, load_digits_data, train
+    except ImportError:
+        return None
+    import zeropoint as zp
+    from zeropoint.engine import to_integer
+
+    try:
+        data = load_digits_data()
+    except ImportError:  # scikit-learn is imported lazily
+        return None
+    torch.manual_seed(0)
+    model = train(DigitsCNN(), data, epochs=3, seed=0)
+    model_q = zp.quantize_static(model, data.calibration_batches(), progress=False)
+    program = to_integer(model_q, data.x_test[:2])
+    out = {}
+    with torch.no_grad():
+        for batch in batches:
+            x = data.x_test[:batch]
+            contenders: dict[str, Callable[[], object]] = {
+                "ours": lambda x=x: program(x),
+                "fp32": lambda x=x: model(x),
+            }
+            ort_fn = _ort_program(model_q, x)
+            if ort_fn is not None:
+                contenders["ort"] = ort_fn
+            out[f"batch{batch}"] = measure(contenders, reps)
+    return out
 
 
 def main() -> None:
@@ -230,10 +279,19 @@ def main() -> None:
         line += "".join(f"{r[p] / r['ours']:>14.2f}" if p in r else f"{'-':>14}" for p in peers)
         line += f"{r['ours-nchw'] / r['ours']:>11.2f}" if "ours-nchw" in r else f"{'-':>11}"
         print(line)
-    e2e = digits_cnn_latency()
-    print("digits CNN end-to-end:", "not measured (stub for the lead)" if e2e is None else e2e)
+    e2e = digits_cnn_latency(args.reps)
+    if e2e is None:
+        print("digits CNN end-to-end: not measured (needs scikit-learn)")
+    else:
+        print(
+            f"{'digits CNN end-to-end':<26}{'ours ms':>9}  {'fp32':>14}{'ort':>14}{'ours/fp32':>11}"
+        )
+        for key, r in e2e.items():
+            line = f"{'  ' + key:<26}{r['ours'] * 1e3:>9.3f}  {r['fp32'] / r['ours']:>14.2f}"
+            line += f"{r['ort'] / r['ours']:>14.2f}" if "ort" in r else f"{'-':>14}"
+            print(line + f"{r['ours'] / r['fp32']:>10.2f}x")
     print("ratios = peer time / ours time (> 1: ours faster); conv 'ours' is NHWC uint8 in/out;")
-    print("nchw/nhwc = ours on NCHW input / ours on NHWC input")
+    print("nchw/nhwc = ours on NCHW input / ours on NHWC input; ours/fp32 = our latency in fp32's")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     runs = json.loads(RESULTS.read_text()).get("runs", {}) if RESULTS.exists() else {}
     runs[f"threads={args.threads}"] = {

@@ -15,14 +15,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zeropoint.engine.conv import (
-    conv2d,
-    conv2d_acc,
-    conv2d_nchw,
+from zeropoint.engine.conv import conv2d, conv2d_acc, conv2d_nchw, prepare_conv2d
+from zeropoint.engine.conv_transpose import (
     conv_transpose2d,
     conv_transpose2d_acc,
     conv_transpose2d_nchw,
-    prepare_conv2d,
     prepare_conv_transpose2d,
 )
 from zeropoint.engine.elementwise import (

@@ -27,10 +27,9 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from zeropoint.engine.conv import (  # noqa: E402
-    conv2d,
+from zeropoint.engine.conv import conv2d, prepare_conv2d  # noqa: E402
+from zeropoint.engine.conv_transpose import (  # noqa: E402
     conv_transpose2d,
-    prepare_conv2d,
     prepare_conv_transpose2d,
 )
 from zeropoint.engine.kernels import linear, prepare_linear  # noqa: E402

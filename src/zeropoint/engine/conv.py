@@ -1,45 +1,43 @@
-"""Integer convolutions: conv2d and conv_transpose2d, exact by construction.
+"""Integer conv2d, exact by construction (conv_transpose2d: `conv_transpose`).
 
 Same formula as `kernels` (r = S·(q − Z), symmetric int8 weights, int32 bias):
 
     acc[n, o, y, x] = Σ_{i, u, v} (q_x[n, i, y·s + u·d − p, x·s + v·d − p] − Z_x)·q_w[o, i, u, v] + q_b[o]
 
-Padding holds the *real* 0.0, i.e. the integer Z_x, not 0. Inputs are centred (a = q_x − c,
-|a| ≤ 128, c = 128 for uint8) and padded with Z_x − c, so Σ (q − Z_x)·w = Σ a·w + (c − Z_x)·Σ w
-holds at every output position, borders included; the second term joins the bias in a
-per-channel offset. Three paths compute Σ a·w, each exact:
+Padding holds the *real* 0.0, i.e. the integer Z_x, not 0. Inputs are centred, a = q_x − c, and
+padded with Z_x − c, so Σ (q − Z_x)·w = Σ a·w + (c − Z_x)·Σ w holds at every output position,
+borders included; the second term joins the bias in a per-channel offset. The centre is Z_x
+itself when max|q − Z_x|·Σ|w| < 2^24 (the padding is then 0 and the correction vanishes), else
+c = 128 for uint8 (|a| ≤ 128). Three paths compute Σ a·w, each exact:
 
 * ``"gemm"`` (1x1 kernels, any layout): a plain GEMM on channels-last pixels — `exact_matmul`.
 * ``"im2col"``: patches gathered from channels-last data by strided views (stride, dilation),
   copied once to (pixels, C_in·kh·kw) and multiplied by `exact_matmul` per group. Exact for the
   reasons given in `kernels` (fp32 chunks bounded by 2^24, or float64).
-* ``"direct"``: ``torch.mkldnn_convolution`` on centred fp32 data. We call that op directly
-  instead of ``F.conv2d``, whose backend choice may pick NNPACK (Winograd/FFT transforms, not
-  exact on integer data) when oneDNN is disabled or for some batch sizes. PyTorch asks oneDNN for
-  ``algorithm::convolution_direct``; its implementations (direct JIT, GEMM, BRGEMM) form the
-  products a·w exactly (|a·w| ≤ 2^14) and add them in fp32 in some order, so every intermediate
-  is a partial sum bounded by 128·Σ|w[o]| — used only when that is below 2^24 for every channel
-  and fp32 precision is strict (`fp32_is_strict`), hence exact. ``"auto"`` picks ``"gemm"``
-  for 1x1, ``"direct"`` where it is exact, else ``"im2col"``.
-
-conv_transpose2d multiplies pixels by the weights into columns (one exact GEMM, the input
-correction (c − Z_x)·Σ_i w folded into each column), then col2im (``F.fold``) adds overlapping
-columns: every such sum is a partial sum of the exact accumulator, bounded by
-max|q_x − Z_x|·Σ_{i,u,v}|w[i, o, u, v]|, so fold runs in fp32 below 2^24 and in float64 above.
-When kernel = stride (no overlap, e.g. 2x2 stride-2 up-sampling) the columns are the output: a
-GEMM and a reshape.
+* ``"direct"``: ``torch.mkldnn_convolution`` on centred fp32 data, channels-last. We call that
+  op directly instead of ``F.conv2d``, whose backend choice may pick NNPACK (Winograd/FFT
+  transforms, not exact on integer data) when oneDNN is disabled or for some batch sizes.
+  PyTorch asks oneDNN for ``algorithm::convolution_direct``; its implementations (direct JIT,
+  GEMM, BRGEMM) form the products a·w exactly (|a·w| ≤ 2^14, or 255·127 < 2^15 centred by Z_x)
+  and add them in fp32 in some order, so every intermediate is a partial sum bounded by
+  max|a|·Σ|w[o]| (+ |bias|) — used only when that is below 2^24 for every channel and fp32
+  precision is strict (`fp32_is_strict`), hence exact. Problems of at most `SMALL_CONV_PIXELS`
+  output pixels (batch 1) run ATen's own im2col + sgemm (``_slow_conv2d_forward``, what
+  ``F.conv2d`` picks there), exact for the same reason and free of oneDNN's per-call setup.
+  ``"auto"`` picks ``"gemm"`` for 1x1, ``"direct"`` where it is exact, else ``"im2col"``.
 
 Layouts: ``"NCHW"`` (N, C, H, W) or ``"NHWC"`` (N, H, W, C); the output uses the input's.
+`conv2d_nchw` skips that final copy: (N, C, H, W) in, channels-last memory out, so an
+`IntegerProgram` chains layers without transposes.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from zeropoint.engine.kernels import (
@@ -48,8 +46,6 @@ from zeropoint.engine.kernels import (
     GemmPlan,
     activation_bound,
     bias_int64,
-    centred_float,
-    centred_into,
     check_activation,
     check_int32_accumulator,
     exact_matmul,
@@ -99,16 +95,21 @@ def to_layout(y: Tensor, layout: str) -> Tensor:
     return y.contiguous() if layout == "NCHW" else y.permute(0, 2, 3, 1).contiguous()
 
 
-def _centred_padded(x: Tensor, zero_point: int, padding: tuple[int, int]) -> Tensor:
-    """float32 (N, C, H + 2p, W + 2p), channels-last memory: q − c, padded with Z_x − c."""
+def _centred_padded(x: Tensor, zero_point: int, padding: tuple[int, int], centre: int) -> Tensor:
+    """float32 (N, C, H + 2p, W + 2p), channels-last memory: q − c, padded with Z_x − c (the
+    real 0; 0.0 when c = Z_x)."""
     n, ch, h, w = x.shape
     ph, pw = padding
     out = torch.empty((n, ch, h + 2 * ph, w + 2 * pw), memory_format=torch.channels_last)
-    pad = float(zero_point - ACTIVATION_CENTRE[x.dtype])
-    for border in (out[:, :, :ph], out[:, :, ph + h :], out[:, :, :, :pw], out[:, :, :, pw + w :]):
-        border.fill_(pad)
-    inner = out[:, :, ph : ph + h, pw : pw + w]
-    centred_into(x.permute(0, 2, 3, 1), inner.permute(0, 2, 3, 1))  # pixel rows, any layout
+    pad = float(zero_point - centre)
+    if ph:
+        out[:, :, :ph].fill_(pad)
+        out[:, :, ph + h :].fill_(pad)
+    if pw:
+        out[:, :, :, :pw].fill_(pad)
+        out[:, :, :, pw + w :].fill_(pad)
+    # a float scalar: computed in float32, exact integers
+    torch.sub(x, float(centre), out=out[:, :, ph : ph + h, pw : pw + w])
     return out
 
 
@@ -126,15 +127,24 @@ class Conv2dWeights:
     dilation: tuple[int, int]
     groups: int
     weight_f32: Tensor
-    bias_f32: Tensor  # the bias as float32 (used only while exact, below 2^24)
     plans: tuple[GemmPlan, ...]  # one per group: (C_out/groups, C_in/groups·kh·kw)
     col_sums: Tensor  # Σ_{i,u,v} w[o, i, u, v], int64 (C_out,)
     max_abs_sum: int
     max_abs_bias: int
+    _offsets: dict[int, tuple[Tensor, int, Tensor]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @property
     def in_channels(self) -> int:
         return int(self.weight.shape[1]) * self.groups
+
+    def offset(self, shift: int) -> tuple[Tensor, int, Tensor]:
+        """bias + shift·Σw (shift = c − Z_x): int64, its max |·| and float32, cached per shift."""
+        if shift not in self._offsets:
+            off = self.bias + shift * self.col_sums
+            self._offsets[shift] = (off, int(off.abs().max()) if off.numel() else 0, off.float())
+        return self._offsets[shift]
 
     @functools.cached_property
     def pointwise(self) -> bool:
@@ -171,7 +181,7 @@ def prepare_conv2d(
     max_abs = max(p.max_abs_sum for p in plans)
     return Conv2dWeights(
         q_w, bias, as_pair(stride, "stride", 1), as_pair(padding, "padding", 0),
-        as_pair(dilation, "dilation", 1), groups, q_w.to(torch.float32), bias.to(torch.float32),
+        as_pair(dilation, "dilation", 1), groups, q_w.to(torch.float32),
         plans, col_sums, max_abs, int(bias.abs().max()) if c_out else 0,
     )  # fmt: skip
 
@@ -196,26 +206,17 @@ def _conv_method(q_x: Tensor, w: Conv2dWeights, method: str) -> str:
     return method
 
 
-def _direct_acc(x: Tensor, zp: int, w: Conv2dWeights, act_max: int) -> Tensor:
-    """Σ (q − Z_x)·w + q_b by ``torch.mkldnn_convolution`` on exact integer-valued fp32.
+def _direct_acc(x: Tensor, zp: int, c: int, act: int, w: Conv2dWeights) -> Tensor:
+    """Σ (q − Z_x)·w + q_b by a fp32 convolution of a = q − c (|a| ≤ ``act``), channels-last.
 
-    When act_max·Σ|w| < 2^24 (act_max = max|q − Z_x|) the input is centred by Z_x itself: the
-    padding is then the real 0 = 0.0, oneDNN pads natively, there is no correction term, and
-    every partial sum is bounded by act_max·Σ|w[o]| (+ |q_b|, riding in the conv's bias when
-    that stays below 2^24). Otherwise it is centred by c = 128 (|a| ≤ 128), padded with
-    Z_x − c by hand, and (c − Z_x)·Σw joins the bias. The input is written channels-last.
+    Centred by c = Z_x, the padding is 0.0 and the convolution pads natively; otherwise it is
+    padded with Z_x − c by hand. The offset q_b + (c − Z_x)·Σw rides in the conv's bias when
+    act·Σ|w| + |offset| < 2^24 (every partial sum exact), else it is added in int64.
     """
-    if act_max * w.max_abs_sum < F32_EXACT:
-        xc = torch.empty(x.shape, memory_format=torch.channels_last)
-        torch.sub(x, float(zp), out=xc)  # float scalar: computed in float32, exact
-        offset, padding, act, max_off = w.bias, w.padding, act_max, w.max_abs_bias
-    else:
-        c = ACTIVATION_CENTRE[x.dtype]
-        xc = _centred_padded(x, zp, w.padding)
-        offset, padding, act = w.bias + (c - zp) * w.col_sums, (0, 0), activation_bound(x.dtype)
-        max_off = int(offset.abs().max()) if offset.numel() else 0
-    in_bias = act * w.max_abs_sum + max_off < F32_EXACT
-    bias = (w.bias_f32 if offset is w.bias else offset.to(torch.float32)) if in_bias else None
+    offset, max_off, offset_f32 = w.offset(c - zp)
+    padding = w.padding if c == zp else (0, 0)
+    xc = _centred_padded(x, zp, (0, 0) if c == zp else w.padding, c)
+    bias = offset_f32 if act * w.max_abs_sum + max_off < F32_EXACT else None
     n, _, h, wd = xc.shape
     kh, kw = w.weight.shape[2:]
     pixels = (
@@ -230,14 +231,16 @@ def _direct_acc(x: Tensor, zp: int, w: Conv2dWeights, act_max: int) -> Tensor:
         y = torch.mkldnn_convolution(
             xc, w.weight_f32, bias, padding, w.stride, w.dilation, w.groups
         )
-    return y if in_bias else y.to(torch.int64).add_(offset.view(1, -1, 1, 1))
+    return y if bias is not None else y.to(torch.int64).add_(offset.view(1, -1, 1, 1))
 
 
 def _conv2d_acc(
     q_x: Tensor, zp: int, w: Conv2dWeights, layout: str, method: str
 ) -> tuple[Tensor, int]:
     """Exact accumulators (N, C_out, H_out, W_out), channels-last memory, integer-valued
-    (float32 from one exact fp32 pass, else float64/int64), and the static bound on |acc|."""
+    (float32 from one exact fp32 pass, else float64/int64), and the static bound on |acc|.
+
+    The input is centred by Z_x when max|q − Z_x|·Σ|w| < 2^24, else by `ACTIVATION_CENTRE`."""
     check_activation(q_x, zp)
     x = nchw_view(q_x, layout)
     n, c_in, h, wd = x.shape
@@ -258,13 +261,13 @@ def _conv2d_acc(
     method = _conv_method(q_x, w, method)
     lo, hi = dtype_range(q_x.dtype)
     act_max = max(zp - lo, hi - zp)
+    by_zp = act_max * w.max_abs_sum < F32_EXACT
+    c, act = (zp, act_max) if by_zp else (ACTIVATION_CENTRE[q_x.dtype], activation_bound(q_x.dtype))
     if method == "direct":
-        acc = _direct_acc(x, zp, w, act_max)
+        acc = _direct_acc(x, zp, c, act, w)
     else:
-        c = ACTIVATION_CENTRE[q_x.dtype]
-        offset = w.bias + (c - zp) * w.col_sums
-        act = activation_bound(q_x.dtype)
-        xh = _centred_padded(x, zp, w.padding).permute(0, 2, 3, 1)  # (N, Hp, Wp, C), contiguous
+        offset, max_off, _ = w.offset(c - zp)
+        xh = _centred_padded(x, zp, w.padding, c).permute(0, 2, 3, 1)  # (N, Hp, Wp, C)
         if method == "gemm":
             cols = xh[:, : sh * (h_out - 1) + 1 : sh, : sw * (w_out - 1) + 1 : sw].reshape(-1, c_in)
         else:
@@ -273,7 +276,9 @@ def _conv2d_acc(
         k_g = cols.shape[1] // w.groups
         c_g = w.out_channels // w.groups
         parts = [
-            exact_matmul(cols[:, g * k_g : (g + 1) * k_g], p, act, offset[g * c_g : (g + 1) * c_g])
+            exact_matmul(
+                cols[:, g * k_g : (g + 1) * k_g], p, act, offset[g * c_g : (g + 1) * c_g], max_off
+            )
             for g, p in enumerate(w.plans)
         ]
         flat = parts[0] if w.groups == 1 else torch.cat([p.to(torch.int64) for p in parts], 1)
@@ -317,144 +322,3 @@ def conv2d(
     """Quantized conv2d: clamp(Z_y + MBQM(acc, M0, shift)), per-channel M along C_out; the
     output is a contiguous tensor in ``layout``."""
     return to_layout(_conv2d(q_x, x_zero_point, weights, requant, layout, method), layout)
-
-
-# --------------------------------------------------------------------------- conv_transpose2d
-
-
-@dataclass(frozen=True, eq=False)
-class ConvTranspose2dWeights:
-    """int8 weights (C_in, C_out/groups, kh, kw), int32 bias and geometry, prepared once."""
-
-    weight: Tensor
-    bias: Tensor  # int64 (C_out,)
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    output_padding: tuple[int, int]
-    dilation: tuple[int, int]
-    groups: int
-    plans: tuple[GemmPlan, ...]  # per group: (C_out/groups·kh·kw, C_in/groups)
-    col_bias: tuple[Tensor, ...]  # per group: the bias of each column's output channel, int64
-    max_abs_sum: int  # max_o Σ_{i,u,v} |w[i, o, u, v]|: bounds every fold partial sum
-    max_abs_bias: int
-
-    @property
-    def in_channels(self) -> int:
-        return int(self.weight.shape[0])
-
-    @property
-    def out_channels(self) -> int:
-        return int(self.weight.shape[1]) * self.groups
-
-
-def prepare_conv_transpose2d(
-    q_w: Tensor,
-    bias_q: Tensor | None = None,
-    stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, int] = 0,
-    output_padding: int | tuple[int, int] = 0,
-    groups: int = 1,
-    dilation: int | tuple[int, int] = 1,
-) -> ConvTranspose2dWeights:
-    """Precompute per-group column GEMM plans for `conv_transpose2d` (torch semantics)."""
-    q_w = _check_weight(q_w, groups)
-    c_in, c_og, kh, kw = q_w.shape
-    if c_in % groups:
-        raise ValueError(f"in channels {c_in} are not divisible by groups={groups}")
-    st, dl = as_pair(stride, "stride", 1), as_pair(dilation, "dilation", 1)
-    op = as_pair(output_padding, "output_padding", 0)
-    if op[0] >= max(st[0], dl[0]) or op[1] >= max(st[1], dl[1]):
-        raise ValueError(f"output_padding {op} must be smaller than stride {st} or dilation {dl}")
-    bias = bias_int64(bias_q, c_og * groups)
-    cols = q_w.reshape(groups, c_in // groups, c_og * kh * kw).transpose(1, 2)
-    plans = tuple(plan_gemm(cols[g].contiguous()) for g in range(groups))
-    per_out = q_w.to(torch.int64).abs().reshape(groups, c_in // groups, c_og, -1).sum((1, 3))
-    col_bias = tuple(b.repeat_interleave(kh * kw) for b in bias.reshape(groups, c_og))
-    return ConvTranspose2dWeights(
-        q_w, bias, st, as_pair(padding, "padding", 0), op, dl, groups, plans, col_bias,
-        int(per_out.max()) if per_out.numel() else 0,
-        int(bias.abs().max()) if bias.numel() else 0,
-    )  # fmt: skip
-
-
-def _conv_transpose2d(
-    q_x: Tensor, zp: int, w: ConvTranspose2dWeights, layout: str, requant: Requantizer | None
-) -> Tensor:
-    """(N, C_out, H_out, W_out): requantized by ``requant``, or the exact int64 accumulator
-    when it is None. The input is centred by Z_x when max|q − Z_x|·Σ|w| + |q_b| < 2^24 (one
-    exact fp32 GEMM, no correction), else by c = 128 with (c − Z_x)·Σw in the offsets. Without
-    overlap (kernel = stride) the bias rides in the GEMM and the output is channels-last."""
-    check_activation(q_x, zp)
-    x = nchw_view(q_x, layout)
-    n, c_in, h, wd = x.shape
-    if c_in != w.in_channels:
-        raise ValueError(
-            f"input has {c_in} channels, the weights {tuple(w.weight.shape)} expect {w.in_channels} "
-            f"(input shape {tuple(q_x.shape)}, {layout})"
-        )
-    if requant is not None and requant.channels not in (None, w.out_channels):
-        raise ValueError(f"requantizer has {requant.channels} channels, the layer {w.out_channels}")
-    kh, kw = w.weight.shape[2:]
-    (sh, sw), (ph, pw), (oph, opw), (dh, dw) = w.stride, w.padding, w.output_padding, w.dilation
-    h_out = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
-    w_out = (wd - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
-    if h_out < 1 or w_out < 1:
-        raise ValueError(f"padding {w.padding} leaves no output for input size {(h, wd)}")
-    lo, hi = dtype_range(q_x.dtype)
-    act_max = max(zp - lo, hi - zp)
-    bound = act_max * w.max_abs_sum + w.max_abs_bias
-    col_abs = max(p.max_abs_sum for p in w.plans)
-    by_zp = q_x.dtype != torch.int16 and act_max * col_abs + w.max_abs_bias < F32_EXACT
-    c = zp if by_zp else ACTIVATION_CENTRE[q_x.dtype]
-    act = act_max if by_zp else activation_bound(q_x.dtype)
-    a = centred_float(x.permute(0, 2, 3, 1), c).reshape(-1, c_in)  # (N·H·W, C_in)
-    c_ig, c_out = c_in // w.groups, w.out_channels
-    plain = (kh, kw) == (sh, sw) and (ph, pw, oph, opw, dh, dw) == (0, 0, 0, 0, 1, 1)
-    parts = []
-    for g, p in enumerate(w.plans):
-        offset = w.col_bias[g] if plain else torch.zeros_like(p.col_sums)
-        offset = offset if c == zp else offset + (c - zp) * p.col_sums
-        parts.append(exact_matmul(a[:, g * c_ig : (g + 1) * c_ig], p, act, offset))
-    cols = parts[0] if w.groups == 1 else torch.cat([p.to(torch.int64) for p in parts], 1)
-    k = c_ig * kh * kw
-    if plain:
-        check_int32_accumulator(
-            cols, act_max, w.max_abs_sum, w.max_abs_bias, k
-        )  # column (o, u, v) of pixel (y, x) is output (o, y·kh + u, x·kw + v)
-        acc6 = cols.view(n, h, wd, c_out, kh, kw).permute(0, 3, 1, 4, 2, 5)  # (n, o, y, u, x, v)
-        if requant is None:
-            return acc6.to(torch.int64).reshape(n, c_out, h_out, w_out)
-        y6 = requant.apply(acc6, 1, bound)  # keeps the GEMM's memory order
-        out = torch.empty((n, h_out, w_out, c_out), dtype=y6.dtype)
-        out.view(n, h, kh, wd, kw, c_out).permute(0, 5, 1, 2, 3, 4).copy_(y6)
-        return out.permute(0, 3, 1, 2)
-    ftype = torch.float32 if act_max * w.max_abs_sum < F32_EXACT else torch.float64
-    colsf = cols.to(ftype).view(n, h * wd, -1).transpose(1, 2)
-    y = F.fold(colsf, (h_out, w_out), (kh, kw), w.dilation, w.padding, w.stride)
-    acc = y.to(torch.int64).add_(w.bias.view(1, -1, 1, 1))
-    check_int32_accumulator(acc, act_max, w.max_abs_sum, w.max_abs_bias, k)
-    return acc if requant is None else requant.apply(acc, 1, bound)
-
-
-def conv_transpose2d_acc(
-    q_x: Tensor, x_zero_point: int, weights: ConvTranspose2dWeights, layout: Layout = "NCHW"
-) -> Tensor:
-    """The int32 accumulator of a quantized transposed convolution, in ``layout``."""
-    acc = _conv_transpose2d(q_x, x_zero_point, weights, layout, None)
-    return to_layout(acc.to(torch.int32), layout)
-
-
-def conv_transpose2d_nchw(
-    q_x: Tensor, x_zero_point: int, weights: ConvTranspose2dWeights, requant: Requantizer
-) -> Tensor:
-    """`conv_transpose2d` on (N, C, H, W) of any memory format, the output left in the memory
-    format the kernel produced (channels-last without overlap): see `conv2d_nchw`."""
-    return _conv_transpose2d(q_x, x_zero_point, weights, "NCHW", requant)
-
-
-def conv_transpose2d(
-    q_x: Tensor, x_zero_point: int, weights: ConvTranspose2dWeights, requant: Requantizer,
-    layout: Layout = "NCHW",
-) -> Tensor:  # fmt: skip
-    """Quantized conv_transpose2d: clamp(Z_y + MBQM(acc, M0, shift)), per-channel along C_out."""
-    return to_layout(_conv_transpose2d(q_x, x_zero_point, weights, layout, requant), layout)

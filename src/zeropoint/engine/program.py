@@ -32,12 +32,14 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, fx, nn
 
 from zeropoint.engine import conv as conv_k
+from zeropoint.engine import conv_transpose as convt_k
 from zeropoint.engine import elementwise as ew
 from zeropoint.engine import kernels as lin_k
+from zeropoint.engine.program_io import op_from_json, op_to_json
 from zeropoint.engine.requantize import Requantizer, activation_range
 from zeropoint.functional import dequantize_int, quantize_int
 from zeropoint.lowering import QGraph, QOp, build_qgraph, quantize_bias
-from zeropoint.qparams import QParams, Scheme
+from zeropoint.qparams import QParams
 from zeropoint.report.files import atomic_path, atomic_write_text, check_writable_dir
 
 ROUNDING = "single"  # one rounding of acc·M0·2^−n (TFLite's single-rounding mode): see to_integer
@@ -172,7 +174,7 @@ class IntegerProgram:
         tensors: dict[str, Tensor] = {}
         steps = []
         for i, s in enumerate(self.steps):
-            entry = _step_json(s)
+            entry = op_to_json(s.op)
             for key in ("q_w", "bias_q"):
                 if key in s.params and s.params[key] is not None:
                     tensors[f"{i}.{key}"] = s.params[key].contiguous()
@@ -205,7 +207,7 @@ class IntegerProgram:
             raise ValueError(f"{directory} is not a zeropoint integer program (version 1)")
         ops = []
         for i, e in enumerate(doc["steps"]):
-            op = _op_from_json(e)
+            op = op_from_json(e)
             op.attrs.update(
                 {k: tensors[f"{i}.{k}"] for k in ("q_w", "bias_q") if f"{i}.{k}" in tensors}
             )
@@ -283,7 +285,7 @@ def _prepare_step(op: QOp, graph: QGraph, rounding: str, stored: bool) -> Step:
             )
         requant = Requantizer.from_multiplier(multiplier, z_y, dtype, lo, hi, rounding)  # type: ignore[arg-type]
         a = op.attrs
-        w: lin_k.LinearWeights | conv_k.Conv2dWeights | conv_k.ConvTranspose2dWeights
+        w: lin_k.LinearWeights | conv_k.Conv2dWeights | convt_k.ConvTranspose2dWeights
         if kind == "linear":
             w = lin_k.prepare_linear(q_w, bias_q)
         elif kind == "conv2d":
@@ -291,7 +293,7 @@ def _prepare_step(op: QOp, graph: QGraph, rounding: str, stored: bool) -> Step:
                 q_w, bias_q, a["stride"], a["padding"], a["dilation"], a["groups"]
             )
         else:
-            w = conv_k.prepare_conv_transpose2d(
+            w = convt_k.prepare_conv_transpose2d(
                 q_w,
                 bias_q,
                 a["stride"],
@@ -343,7 +345,7 @@ def _bind(step: Step, graph: QGraph) -> Callable[[dict[str, Tensor]], Tensor]:
             return lambda v: conv_k.conv2d_nchw(v[i0], z_x, w, rq)
         if kind == "linear":
             return lambda v: lin_k.linear(v[i0], z_x, w, rq)
-        return lambda v: conv_k.conv_transpose2d_nchw(v[i0], z_x, w, rq)
+        return lambda v: convt_k.conv_transpose2d_nchw(v[i0], z_x, w, rq)
     if kind == "add":
         add_p: ew.AddParams = p["add"]
         if (p["lo"], p["hi"]) != (add_p.output.qmin, add_p.output.qmax):
@@ -422,81 +424,3 @@ def _input_nodes(node: fx.Node) -> list[fx.Node]:
     from zeropoint.workflows.graph import tensor_inputs
 
     return tensor_inputs(node)
-
-
-# ---------------------------------------------------------------------- (de)serialisation
-
-
-def _qp_json(qp: QParams | None) -> dict[str, Any] | None:
-    if qp is None:
-        return None
-    return {
-        "scheme": {
-            k: getattr(qp.scheme, k)
-            for k in ("bits", "symmetric", "narrow", "signed", "axis", "group_size", "rounding")
-        },
-        "axis": qp.axis,
-        "shape": list(qp.scale.shape),
-        "scale": qp.scale.flatten().tolist(),
-        "zero_point": qp.zero_point.flatten().tolist(),
-    }
-
-
-def _qp_from(d: dict[str, Any] | None) -> QParams | None:
-    if d is None:
-        return None
-    shape = tuple(d["shape"])
-    return QParams(
-        torch.tensor(d["scale"], dtype=torch.float32).reshape(shape),
-        torch.tensor(d["zero_point"], dtype=torch.int32).reshape(shape),
-        Scheme(**d["scheme"]),
-        d["axis"],
-    )
-
-
-_LAYER_ATTRS = ("stride", "padding", "dilation", "groups", "output_padding")
-
-
-def _step_json(s: Step) -> dict[str, Any]:
-    op = s.op
-    attrs: dict[str, Any] = {}
-    for k, v in op.attrs.items():
-        if k == "weight_qparams":
-            attrs[k] = _qp_json(v)
-        elif isinstance(v, int | float | bool | str | type(None)):
-            attrs[k] = v
-        elif isinstance(v, tuple | list):
-            attrs[k] = list(v)
-    module: Any = op.module
-    if op.kind in ("conv2d", "conv_transpose2d") and module is not None:
-        for k in _LAYER_ATTRS:
-            if hasattr(module, k):
-                v = getattr(module, k)
-                attrs[k] = list(v) if isinstance(v, tuple) else v
-    return {
-        "kind": op.kind,
-        "inputs": op.inputs,
-        "output": op.output,
-        "out_qparams": _qp_json(op.out_qparams),
-        "act": op.act,
-        "shape": list(op.shape),
-        "attrs": attrs,
-    }
-
-
-def _op_from_json(e: dict[str, Any]) -> QOp:
-    attrs = dict(e["attrs"])
-    if "weight_qparams" in attrs:
-        attrs["weight_qparams"] = _qp_from(attrs["weight_qparams"])
-    for k in ("kernel_size", "stride", "padding", "dilation", "output_padding", "output_size"):
-        if isinstance(attrs.get(k), list):
-            attrs[k] = tuple(attrs[k])
-    return QOp(
-        e["kind"],
-        e["inputs"],
-        e["output"],
-        _qp_from(e["out_qparams"]),
-        e["act"],
-        attrs,
-        shape=tuple(e["shape"]),
-    )

@@ -4,7 +4,8 @@ MBQM is `fixedpoint`'s integer arithmetic (gemmlowp's double rounding, or TFLite
 rounding). `Requantizer` evaluates it in one of two ways, bit for bit the same:
 
 * the integer path (`fixedpoint._mbqm_`): five to seven int64 ops, by blocks of rows;
-* the float64 path: three ops, w = acc·M' + c (one ``addcmul``), clamp, cast.
+* the float64 path: w = acc·M' + c (one ``addcmul``), clamp, cast — plus one op for the sign
+  term of double rounding.
 
 The float64 path. `fixedpoint._mbqm_` writes Z + MBQM(acc) (when no left shift saturates, i.e.
 ls = 0 for double rounding) as one floor,
@@ -14,26 +15,27 @@ ls = 0 for double rounding) as one floor,
 with integers M0 ≥ 0, s = total shift ≤ 62, A = the rounding addend (with Z·2^s folded in), W = 0
 ("single") or 2^31 ("double", rs ≥ 1). Dividing by 2^s, y = ⌊x⌋ with the real
 
-    x = acc·M' + c,   M' = M0·2^−s,   c = A·2^−s (+ Z) − [acc < 0]·W·2^−s.
+    x = acc·M' + c − [acc < 0]·δ,   M' = M0·2^−s,   c = A·2^−s (+ Z),   δ = W·2^−s.
 
-M', c and c − W·2^−s are exact in float64 (M0 < 2^31; A/2^(s−1) or A/2^30 has at most ~48
-bits), so the only roundings are those of P = fl(acc·M') and w = fl(P + c). "single" is
-⌊x⌋ = ⌊acc·M + 1/2⌋ (+ Z): ties go up (toward +∞), not to even — so ``floor(w)``, never
+M', c and δ are exact in float64 (M0 < 2^31; A/2^(s−1) or A/2^30 has at most ~48 bits). The
+computed value is w = fl(fl(P) + c) (− δ where acc < 0, a third rounding), P = acc·M'.
+"single" is ⌊x⌋ = ⌊acc·M + 1/2⌋ (+ Z): ties go up (toward +∞), not to even — so ⌊w⌋, never
 ``torch.round``. Let X = max(|qmin|, |qmax + 1|). Then clamp(⌊w⌋) = clamp(⌊x⌋) for every
 accumulator when
 
     (X + |Z| + 1)·2^s < 2^53     (window), or   |acc|·M0 + (|Z| + 1)·2^s < 2^53     (bound).
 
-Bound: acc·M0 is an integer below 2^53, so P = acc·M' is exact (the 2^−s scaling adds no bits),
-and x = n·2^−s with |n| < 2^53 is representable, so w = x. Window: the results that survive the
-clamp have qmin ≤ x < qmax + 1, hence |x| ≤ X and |P| ≤ X + |Z| + 1; for those, |acc·M0| =
-|P|·2^s and |n| = |x|·2^s are below 2^53 and the same argument makes w = x. Every other
-accumulator is clamped, and stays clamped: rounding is monotone and the thresholds
-t = qmax + 1 − c and t = qmin − c are representable, so P ≥ t ⇒ fl(P) ≥ t ⇒ w ≥ qmax + 1, and
-P < t ⇒ w ≤ qmin. With 8-bit outputs the window condition reads s ≤ 43 (M ≳ 1.2·10^−4), for
-any int32 accumulator; below that the kernels pass the accumulator bound they know (max|q−Z|·Σ|w|
-+ |bias|). Otherwise (int32 outputs, left shifts, tiny M with a large bound) the integer path
-runs. After the clamp, ⌊·⌋ = truncation (the cast) when qmin ≥ 0, so uint8 outputs skip floor.
+Bound: acc·M0 is an integer below 2^53, so P is exact (the 2^−s scaling adds no bits), and x
+and x + δ are n·2^−s with |n| < 2^53, representable: every step is exact, w = x. Window: the
+results that survive the clamp have qmin ≤ x < qmax + 1, hence |x| ≤ X, |x + δ| ≤ X + 1 and
+|P| ≤ X + |Z| + 1; for those, |acc·M0| = |P|·2^s and the numerators of x, x + δ are below 2^53,
+so again w = x. Every other accumulator is clamped, and stays clamped: each step rounds
+monotonically and the thresholds P = qmax + 1 − c (+ δ) and P = qmin − c (+ δ) are representable,
+so P at or beyond them gives w at or beyond qmax + 1 (or below qmin). With 8-bit outputs the
+window condition reads s ≤ 43 (M ≳ 1.2·10^−4), for any int32 accumulator; below that the kernels
+pass the accumulator bound they know (max|q − Z|·Σ|w| + |bias|). Otherwise (int32 outputs, left
+shifts, tiny M with a large bound) the integer path runs. ⌊·⌋ commutes with a clamp to integers,
+and after the clamp the cast's truncation is ⌊·⌋ when qmin ≥ 0: uint8 outputs skip the floor.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ class _FloatPath:
 
     mult: Tensor  # M' = M0·2^−s
     addend: Tensor  # c for acc ≥ 0
-    addend_neg: Tensor | None  # c for acc < 0 (double rounding), None when the same
+    delta: Tensor | None  # W·2^−s, subtracted where acc < 0 (double rounding); None if 0
     any_acc: bool  # the window condition: exact for every int32 accumulator
     max_bound: int  # else exact for |acc| ≤ max_bound (the bound condition)
 
@@ -129,8 +131,12 @@ def _float_path(f: _Fixed, zero_point: int, qmin: int, qmax: int) -> _FloatPath 
     max_bound = (1 << 62) if m0_max == 0 else max(room // m0_max, -1)
     c = torch.ldexp(addend.to(torch.float64), -total) + float(f.zero_point)
     delta = torch.ldexp(sign_weight.to(torch.float64), -total)
-    neg = c - delta if bool((sign_weight != 0).any()) else None
-    return _FloatPath(torch.ldexp(m0.to(torch.float64), -total), c, neg, any_acc, max_bound)
+    used = delta if bool((sign_weight != 0).any()) else None
+    return _FloatPath(torch.ldexp(m0.to(torch.float64), -total), c, used, any_acc, max_bound)
+
+
+def _float_block_elements() -> int:
+    return (BLOCK_ELEMENTS + 1) * torch.get_num_threads()
 
 
 def _row_slice(x: Tensor, start: int, stop: int) -> Tensor:
@@ -158,9 +164,7 @@ class Requantizer:
     rounding: Rounding = "double"
     _fixed: _Fixed = field(init=False, repr=False)
     _float: _FloatPath | None = field(init=False, repr=False)
-    _views: dict[tuple[int, int], tuple[Tensor, ...]] = field(
-        default_factory=dict, init=False, repr=False
-    )
+    _consts: tuple[Tensor, ...] = field(init=False, repr=False)  # float path, as (1, C, 1)
 
     def __post_init__(self) -> None:
         m0 = _as_int_tensor(self.m0, "m0").to(torch.int64)
@@ -183,7 +187,12 @@ class Requantizer:
         object.__setattr__(self, "zero_point", int(self.zero_point))
         fixed = _fixed(m0, shift, self.rounding, int(self.zero_point))
         object.__setattr__(self, "_fixed", fixed)
-        object.__setattr__(self, "_float", _float_path(fixed, self.zero_point, qmin, qmax))
+        fp = _float_path(fixed, self.zero_point, qmin, qmax)
+        object.__setattr__(self, "_float", fp)
+        consts = (
+            () if fp is None else (fp.mult, fp.addend) + (() if fp.delta is None else (fp.delta,))
+        )
+        object.__setattr__(self, "_consts", tuple(t.view(1, -1, 1) for t in consts))
 
     @classmethod
     def from_multiplier(
@@ -293,47 +302,49 @@ class Requantizer:
         return out
 
     def _apply_float(self, acc: Tensor, axis: int) -> Tensor:
-        """clamp(⌊acc·M' + c⌋) (module docstring) by blocks along dim 0 of ≤ 32768 elements
-        per intra-op thread.
+        """clamp(⌊acc·M' + c⌋) (module docstring), by blocks of ≤ 32768 elements per intra-op
+        thread, walking ``acc`` in memory order.
 
         Blocks keep the float64 temporaries small and cache-resident (a whole-tensor float64
         temporary is 8 bytes an element: freed and re-allocated every call, it makes the heap
         shrink and grow, and fresh pages cost a page fault each) while each op still splits
-        into one ATen grain per thread. The constants are viewed with acc's number of
-        dimensions: a 0-d float64 tensor would not promote a float32 ``acc`` to float64.
+        into one ATen grain per thread. In memory order (dims sorted by stride) a dense tensor
+        is a contiguous (outer, C, inner) array, C the per-channel axis, whatever its layout
+        (NCHW, channels-last, a permuted GEMM output); the constants broadcast as (1, C, 1) —
+        with dimensions, since a 0-d float64 tensor would not promote a float32 ``acc``.
         """
-        consts = self._views.get((acc.dim(), axis)) or self._float_views(acc.dim(), axis)
-        out = torch.empty_like(acc, dtype=self.dtype)  # acc's strides when acc is dense
-        numel, block = out.numel(), (BLOCK_ELEMENTS + 1) * torch.get_num_threads()
-        if numel <= block:
-            if numel:
-                self._float_block(acc, consts, out)
+        order = sorted(range(acc.dim()), key=acc.stride, reverse=True)
+        am = acc.permute(order)
+        if not am.is_contiguous():  # not dense: copy
+            acc, order = acc.contiguous(), list(range(acc.dim()))
+            am = acc
+        out = torch.empty_like(acc, dtype=self.dtype)  # acc's strides
+        numel, block = out.numel(), _float_block_elements()
+        if numel == 0:
             return out
-        n = acc.shape[0]
-        outer = acc.stride(0) >= max(acc.stride()) and out.stride(0) >= max(out.stride())
-        rows = max(1, block * n // numel) if outer else n
-        per_row = axis == 0 and self.m0.dim() == 1  # per-channel constants along dim 0
-        for r0 in range(0, n, rows):
-            k = tuple(t[r0 : r0 + rows] for t in consts) if per_row else consts
-            self._float_block(acc[r0 : r0 + rows], k, out[r0 : r0 + rows])
+        if self.m0.dim() == 1:
+            p, shape = order.index(axis), am.shape
+            dims = (math.prod(shape[:p]), shape[p], math.prod(shape[p + 1 :]))
+        else:
+            dims = (numel, 1, 1)
+        a3, o3 = am.view(dims), out.permute(order).view(dims)
+        row = dims[1] * dims[2]
+        if row <= block:  # blocks of whole (C, inner) rows
+            rows = max(1, block // row)
+            for r0 in range(0, dims[0], rows):
+                self._float_block(a3[r0 : r0 + rows], self._consts, o3[r0 : r0 + rows])
+        else:  # rows longer than a block: split inner
+            step = max(1, block // dims[1])
+            for r in range(dims[0]):
+                for i0 in range(0, dims[2], step):
+                    part = (slice(r, r + 1), slice(None), slice(i0, i0 + step))
+                    self._float_block(a3[part], self._consts, o3[part])
         return out
 
-    def _float_views(self, ndim: int, axis: int) -> tuple[Tensor, ...]:
-        """(M', c[, c for acc < 0]) viewed to broadcast along ``axis`` of an ndim tensor."""
-        fp = self._float
-        assert fp is not None
-        shape = [1] * ndim
-        if self.m0.dim() == 1:
-            shape[axis] = -1
-        tensors = (fp.mult, fp.addend) + (() if fp.addend_neg is None else (fp.addend_neg,))
-        views = self._views[(ndim, axis)] = tuple(t.view(shape) for t in tensors)
-        return views
-
     def _float_block(self, acc: Tensor, k: tuple[Tensor, ...], out: Tensor) -> None:
-        if len(k) == 2:
-            w = torch.addcmul(k[1], acc, k[0])
-        else:
-            w = torch.where(acc < 0, k[2], k[1]).addcmul_(acc, k[0])
+        w = torch.addcmul(k[1], acc, k[0])
+        if len(k) == 3:  # double rounding: − W·2^−s where acc < 0; −[acc < 0] = clamp(acc, −1, 0)
+            w.addcmul_(acc.clamp(-1, 0), k[2])  # for integers (a `where` is ~3x slower)
         w.clamp_(self.qmin, self.qmax)
         if self.dtype != torch.uint8:  # after the clamp, the cast truncates: ⌊·⌋ only for w ≥ 0
             w.floor_()

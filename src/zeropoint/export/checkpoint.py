@@ -27,9 +27,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from zeropoint.functional import dequantize_int, quantize_int
-from zeropoint.nn.dynamic import DynamicQuantLinear, WeightOnlyEmbedding, WeightOnlyLinear
+from zeropoint.nn.dynamic import DynamicQuantLinear
 from zeropoint.nn.modules import QuantMixin
 from zeropoint.nn.quantizers import FakeQuant
+from zeropoint.nn.weight_only import WeightOnlyEmbedding, WeightOnlyLinear
 from zeropoint.qparams import QParams, Scheme
 from zeropoint.qtensor import QTensor
 from zeropoint.report.files import atomic_path, atomic_write_text, check_writable_dir
@@ -169,6 +170,8 @@ def save(model: nn.Module, path: str | Path) -> Path:
                 "view_shape": shape,
                 "shape": shape,
             }
+            if isinstance(module, DynamicQuantLinear):
+                quantized[key]["per_token"] = module.per_token
             skip_keys.update({key, f"{name}.weight_codes", f"{name}.weight_data"})
         elif isinstance(module, QuantMixin) and module.weight_quant is not None:
             qp = module.weight_qparams()
@@ -315,6 +318,7 @@ def _load_module_swapped(
         codes = _codes_for(tensors, key)
         try:
             if isinstance(layer, DynamicQuantLinear):
+                layer.per_token = bool(info.get("per_token", True))
                 layer.set_codes(codes, qp)
             elif isinstance(layer, WeightOnlyLinear | WeightOnlyEmbedding):
                 layer.set_codes(codes, qp, bool(info["packed"]))

@@ -1,24 +1,36 @@
-"""Linear layers for dynamic and weight-only quantization (transformers' Linear-bound workloads).
+"""Dynamic int8 Linear: int8 weights, activations quantized from each input at run time.
 
-`DynamicQuantLinear`: int8 weights, symmetric per output channel (Z = 0, [−127, 127]); the
-activations are quantized at run time from each input — per token (one scale per row of the
-flattened input) or per tensor. Per-token quantization is done through fbgemm's fast dynamic int8
-GEMM, which quantizes its input per tensor, by normalising each row first:
+Weights are int8, symmetric per output channel (Z = 0, [−127, 127]). The int8×int8→int32 GEMM
+is fbgemm's dynamic kernel (torch.ops.quantized.linear_dynamic), which quantizes its input to
+uint8 per tensor. Two modes build on it:
 
-    x̃_i = x_i / m_i,  m_i = max_k |x_ik|        (every row of x̃ spans [−1, 1])
-    y_i = m_i · (W x̃_i) + b                     (exact: W is linear)
+per token (one scale per row of the flattened input), by normalising each row first:
 
-so fbgemm's per-tensor quantization of x̃ is a per-token quantization of x with scale
-m_i·(2/255), and the int8×int8→int32 GEMM runs at fbgemm's speed. Where fbgemm is not available
-the same arithmetic runs as an exact float simulation.
+    x̃_i = x_i / m_i,  m_i = max_k |x_ik|           (every row of x̃ spans [−1, 1])
+    y_i = m_i · (Q(W) Q(x̃_i)) + b                  (W is linear, so this is exact)
 
-`WeightOnlyLinear`: weights stored as integer codes (e.g. int4 in groups of 32 along the input
-dimension, packed two per byte), activations in float; the weight is dequantized on the fly.
+per tensor with smoothing (SmoothQuant, Xiao et al. 2023, plus a per-channel shift), with a
+per-input-channel centre μ and scale s chosen from a few calibration inputs:
+
+    x̃ = (x − μ) ⊘ s,   W' = W·diag(s),   b' = b + W μ
+    y = Q(W') Q(x̃) + b'                            (= W x + b before quantization)
+
+s_j = √a_j / √max_i|W_ij| with a_j the half-range of input channel j (α = ½) moves the outlier
+channels' range from the activations into the weights, where per-channel quantization absorbs
+it; the bias b' is packed into the fbgemm call, so this mode costs one element-wise pass.
+
+fbgemm without VNNI multiplies u8·s8 pairs into a saturating int16 (vpmaddubsw): with 8-bit
+activations and full int8 weights two products can exceed 32767. `reduce_range="auto"` therefore
+probes the kernel once (`fbgemm_saturates`): it keeps 8-bit weights where the products are exact
+(VNNI), and otherwise uses 7-bit weights [−63, 63], for which 2·255·63 < 32767 — exact on every
+x86 CPU, without losing the activations' 8th bit.
+Where fbgemm is not available the same arithmetic runs as a float simulation.
 """
 
 from __future__ import annotations
 
 import warnings
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +39,6 @@ from torch import Tensor, nn
 from zeropoint.functional import dequantize_int, fake_quantize, quantize_int
 from zeropoint.observers.registry import calibrate
 from zeropoint.qparams import QParams, Scheme
-from zeropoint.qtensor import QTensor
 
 INT8_CHANNEL = Scheme(bits=8, symmetric=True, narrow=True, axis=0)
 
@@ -39,8 +50,33 @@ def fbgemm_available() -> bool:
     )
 
 
+@lru_cache(maxsize=1)
+def fbgemm_saturates() -> bool:
+    """True when fbgemm's u8·s8 kernel saturates pairs of products in int16 (x86 without VNNI).
+
+    Probed directly rather than read from CPU flags: the input 1.0 quantizes to the code 255 and
+    the weight 1.0 to 127, so every adjacent pair sums to 2·255·127 = 64770 > 32767; an exact
+    kernel returns 64, a saturating one about half of it."""
+    if not fbgemm_available():
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w = torch.quantize_per_tensor(torch.ones(1, 64), 1.0 / 127, 0, torch.qint8)
+        packed = torch.ops.quantized.linear_prepack(w, None)
+        y = torch.ops.quantized.linear_dynamic(torch.ones(1, 64), packed, False)
+    return abs(float(y) - 64.0) > 0.5
+
+
+def smoothing_from_range(lo: Tensor, hi: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """(μ, s) per input channel: μ = (hi + lo)/2, s = √a / √max|W_:j| with a = (hi − lo)/2."""
+    shift = (hi + lo) / 2
+    half = ((hi - lo) / 2).clamp(min=1e-5)
+    w_max = weight.detach().abs().amax(0).clamp(min=1e-5)
+    return shift.float(), (half.sqrt() / w_max.sqrt()).clamp(min=1e-5).float()
+
+
 class DynamicQuantLinear(nn.Linear):
-    """int8 per-channel weights; activations quantized per token (or per tensor) at run time."""
+    """int8 per-channel weights; activations quantized per token, or per tensor after smoothing."""
 
     def __init__(
         self,
@@ -49,32 +85,47 @@ class DynamicQuantLinear(nn.Linear):
         per_token: bool = True,
         reduce_range: bool = False,
         use_fbgemm: bool | None = None,
+        shift: Tensor | None = None,
+        smooth: Tensor | None = None,
     ) -> None:
         nn.Module.__init__(self)
         self.in_features, self.out_features = layer.in_features, layer.out_features
-        if weight_scheme.bits != 8 or not weight_scheme.symmetric or weight_scheme.group_size:
+        if weight_scheme.bits > 8 or not weight_scheme.symmetric or weight_scheme.group_size:
             raise ValueError(
-                f"dynamic int8 Linear needs int8 symmetric weights, got {weight_scheme}"
+                f"dynamic int8 Linear needs ≤ 8-bit symmetric weights, got {weight_scheme}"
             )
-        w = layer.weight.detach().float()
-        self.weight_qparams = calibrate(w, weight_scheme)
-        codes = quantize_int(w, self.weight_qparams)
-        # the dequantized weight is what this layer computes with: keep it as `weight`
-        self.weight = nn.Parameter(dequantize_int(codes, self.weight_qparams), requires_grad=False)
-        self.bias = (
-            None
-            if layer.bias is None
-            else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
-        )
-        self.weight_codes: Tensor
-        self.register_buffer("weight_codes", codes)
+        if per_token and (shift is not None or smooth is not None):
+            raise ValueError("smoothing applies to the per-tensor mode")
+        k = self.in_features
         self.per_token = per_token
         self.reduce_range = reduce_range
         self.use_fbgemm = fbgemm_available() if use_fbgemm is None else use_fbgemm
-        self._packed = self._pack() if self.use_fbgemm else None
+        w = layer.weight.detach().float()
+        bias = (
+            layer.bias.detach().float()
+            if layer.bias is not None
+            else torch.zeros(self.out_features)
+        )
+        self.shift: Tensor
+        self.smooth: Tensor
+        self.register_buffer("shift", torch.zeros(k) if shift is None else shift.float().clone())
+        self.register_buffer("smooth", torch.ones(k) if smooth is None else smooth.float().clone())
+        self.folded_bias: Tensor
+        self.register_buffer("folded_bias", bias + w @ self.shift)  # b' = b + W μ
+        self.weight_qparams = calibrate(w * self.smooth, weight_scheme)
+        self.weight_codes: Tensor
+        self.register_buffer("weight_codes", quantize_int(w * self.smooth, self.weight_qparams))
+        self.weight = nn.Parameter(self._effective_weight(), requires_grad=False)
+        self.bias = None if layer.bias is None else nn.Parameter(bias.clone(), requires_grad=False)
+        self._repack()
+
+    # ------------------------------------------------------------------ weights
+    def _effective_weight(self) -> Tensor:
+        """Q(W')·diag(1/s): the weight this layer applies to the unsmoothed input."""
+        return dequantize_int(self.weight_codes, self.weight_qparams) / self.smooth
 
     def set_codes(self, codes: Tensor, qparams: QParams) -> None:
-        """Replace the int8 weight codes and their (S, Z) (loading a checkpoint)."""
+        """Replace the weight codes (of W' = W·diag(s)) and their (S, Z) (loading a checkpoint)."""
         if tuple(codes.shape) != (self.out_features, self.in_features) or codes.dtype != torch.int8:
             raise ValueError(
                 f"weight codes of shape {tuple(codes.shape)} ({codes.dtype}) do not fit "
@@ -83,52 +134,63 @@ class DynamicQuantLinear(nn.Linear):
         qparams.check_shape(codes.shape)
         self.weight_qparams = qparams
         self.weight_codes = codes.clone()
+        self._repack()
+
+    def _repack(self) -> None:
         with torch.no_grad():
-            self.weight.copy_(dequantize_int(codes, qparams))
+            self.weight.copy_(self._effective_weight())
+        self._smoothed = bool((self.shift != 0).any() or (self.smooth != 1).any())
+        self._inv_smooth = (1.0 / self.smooth).contiguous()
+        self._neg_shift = (-self.shift * self._inv_smooth).contiguous()
         self._packed = self._pack() if self.use_fbgemm else None
 
     def _pack(self) -> object:
         qp = self.weight_qparams
+        bias = None if self.per_token else self.folded_bias.clone()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if qp.scale.dim() == 0:
-                qw = torch._make_per_tensor_quantized_tensor(
-                    self.weight_codes, float(qp.scale), int(qp.zero_point)
-                )
-            else:
-                qw = torch._make_per_channel_quantized_tensor(
-                    self.weight_codes, qp.scale.double(), qp.zero_point.long(), 0
-                )
-            return torch.ops.quantized.linear_prepack(qw, None)
+            qw = torch._make_per_channel_quantized_tensor(
+                self.weight_codes, qp.scale.double(), qp.zero_point.long(), 0
+            )
+            return torch.ops.quantized.linear_prepack(qw, bias)
 
-    def _activation_scale(self, x2d: Tensor) -> Tensor:
-        if self.per_token:
-            return x2d.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)
-        return x2d.abs().amax().clamp(min=1e-30).reshape(1, 1)
-
+    # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
-        x2d = x.reshape(-1, self.in_features).float()
-        m = self._activation_scale(x2d)
-        xn = x2d / m
-        if self._packed is not None:
-            y = torch.ops.quantized.linear_dynamic(xn, self._packed, self.reduce_range)
+        x2 = x.reshape(-1, self.in_features).float()
+        if self.per_token:
+            # max|x| per row as max(max x, −min x): two fast reductions, no |x| copy
+            m = torch.maximum(x2.amax(dim=1, keepdim=True), x2.amin(dim=1, keepdim=True).neg_())
+            m.clamp_(min=1e-30)
+            y = self._gemm(x2 * m.reciprocal())
+            y = torch.addcmul(self.folded_bias, y, m) if self.bias is not None else y * m
         else:
-            y = F.linear(self.simulate_activation(xn), self.weight)
-        y = y * m
-        if self.bias is not None:
-            y = y + self.bias
+            xt = torch.addcmul(self._neg_shift, x2, self._inv_smooth) if self._smoothed else x2
+            y = self._gemm(xt)
+            if self._packed is None:
+                y = y + self.folded_bias
         return y.reshape(*shape[:-1], self.out_features)
 
-    def simulate_activation(self, xn: Tensor) -> Tensor:
-        """The quantization fbgemm applies to the normalised input, in float: uint8 affine over
-        [min(x̃), max(x̃)] ∪ {0} (7-bit [0, 127] with reduce_range)."""
+    def _gemm(self, xt: Tensor) -> Tensor:
+        """Q(W') Q(x̃) (plus b' in the packed per-tensor mode): fbgemm, or its float simulation."""
+        if self._packed is not None:
+            return torch.ops.quantized.linear_dynamic(xt, self._packed, self.reduce_range)  # type: ignore[no-any-return]
+        w = dequantize_int(self.weight_codes, self.weight_qparams)
+        return F.linear(self.simulate_activation(xt), w)
+
+    def simulate_activation(self, xt: Tensor) -> Tensor:
+        """The quantization fbgemm applies to its input, in float: uint8 affine over
+        [min, max] ∪ {0} (7-bit [0, 127] with reduce_range)."""
         scheme = Scheme(bits=7 if self.reduce_range else 8, signed=False)
-        return fake_quantize(xn, calibrate(xn, scheme))
+        return fake_quantize(xt, calibrate(xt, scheme))
 
     def extra_repr(self) -> str:
         kernel = "fbgemm" if self._packed is not None else "simulated"
-        act = "per-token" if self.per_token else "per-tensor"
+        act = (
+            "per-token"
+            if self.per_token
+            else "per-tensor" + (" smoothed" if self._smoothed else "")
+        )
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"weight={self.weight_qparams.scheme}, activations=uint8 {act} dynamic, kernel={kernel}"
@@ -144,111 +206,6 @@ class DynamicQuantLinear(nn.Linear):
         if self.use_fbgemm:
             self._packed = self._pack()
 
-
-class WeightOnlyLinear(nn.Linear):
-    """Integer weight codes (packed when ≤ 4 bits) with float activations; W dequantized per call."""
-
-    def __init__(self, layer: nn.Linear, weight_scheme: Scheme) -> None:
-        nn.Module.__init__(self)
-        self.in_features, self.out_features = layer.in_features, layer.out_features
-        w = layer.weight.detach().float()
-        qp = calibrate(w, weight_scheme)
-        qt = QTensor.from_int(quantize_int(w, qp), qp)
-        self.weight_qparams: QParams = qp
-        self.weight_data: Tensor
-        self.register_buffer("weight_data", qt.data)
-        self.weight_shape = qt.shape
-        self.packed = qt.packed
-        self.bias = (
-            None
-            if layer.bias is None
-            else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
-        )
-        self.register_parameter("weight", None)
-
-    def set_codes(self, data: Tensor, qparams: QParams, packed: bool) -> None:
-        """Replace the stored codes (packed as `QTensor` packs them) and their (S, Z)."""
-        qt = QTensor(data, qparams, self.weight_shape, packed)
-        codes = qt.int_repr()  # validates the size of the packed data
-        qparams.check_shape(codes.shape)
-        self.weight_qparams, self.weight_data, self.packed = qparams, data.clone(), packed
-
-    def dequantized_weight(self) -> Tensor:
-        qt = QTensor(self.weight_data, self.weight_qparams, self.weight_shape, self.packed)
-        return qt.dequantize()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"weight={self.weight_qparams.scheme} (packed={self.packed}), activations=float"
-        )
-
-
-def _codes_per_byte(bits: int) -> int:
-    from zeropoint.qtensor import container_bits
-
-    return 8 // container_bits(bits)
-
-
-class WeightOnlyEmbedding(nn.Embedding):
-    """An embedding table stored as integer codes per row (or per group within a row), packed
-    when ≤ 4 bits; a lookup gathers the rows' codes and dequantizes only those rows."""
-
-    def __init__(self, layer: nn.Embedding, weight_scheme: Scheme) -> None:
-        nn.Module.__init__(self)
-        self.num_embeddings, self.embedding_dim = layer.num_embeddings, layer.embedding_dim
-        self.padding_idx = layer.padding_idx
-        self.max_norm, self.norm_type = None, layer.norm_type
-        self.scale_grad_by_freq, self.sparse = layer.scale_grad_by_freq, layer.sparse
-        if layer.max_norm is not None:
-            raise ValueError("embeddings with max_norm renormalise their rows: not quantizable")
-        # per row (axis 0), or groups within each row (group_size along the last axis)
-        scheme = weight_scheme.with_(axis=-1 if weight_scheme.group_size else 0)
-        w = layer.weight.detach().float()
-        qp = calibrate(w, scheme)
-        qt = QTensor.from_int(quantize_int(w, qp), qp)
-        if qt.packed and w.shape[1] % _codes_per_byte(scheme.bits):
-            raise ValueError(
-                f"rows of {w.shape[1]} packed {scheme.bits}-bit codes do not end on a byte"
-            )
-        self.weight_qparams: QParams = qp
-        self.weight_data: Tensor
-        self.register_buffer("weight_data", qt.data.reshape(w.shape[0], -1))
-        self.packed = qt.packed
-        self.register_parameter("weight", None)
-
-    def set_codes(self, data: Tensor, qparams: QParams, packed: bool) -> None:
-        """Replace the stored codes (rows of packed bytes when ``packed``) and their (S, Z)."""
-        shape = torch.Size((self.num_embeddings, self.embedding_dim))
-        QTensor(data.reshape(-1), qparams, shape, packed).int_repr()  # validates the sizes
-        qparams.check_shape(shape)
-        self.weight_qparams, self.packed = qparams, packed
-        self.weight_data = data.reshape(self.num_embeddings, -1).clone()
-
-    def dequantized_weight(self) -> Tensor:
-        return self._rows(torch.arange(self.num_embeddings))
-
-    def _rows(self, idx: Tensor) -> Tensor:
-        flat = idx.reshape(-1)
-        qp = self.weight_qparams
-        shape = torch.Size((flat.numel(), self.embedding_dim))
-        rows_qp = QParams(qp.scale[flat], qp.zero_point[flat], qp.scheme, qp.axis)
-        data = self.weight_data[flat]
-        codes = QTensor(
-            data.reshape(-1) if self.packed else data, rows_qp, shape, self.packed
-        ).int_repr()
-        return dequantize_int(codes, rows_qp).reshape(*idx.shape, self.embedding_dim)
-
-    def forward(self, idx: Tensor) -> Tensor:
-        if bool((idx < 0).any()) or bool((idx >= self.num_embeddings).any()):
-            raise IndexError(f"embedding index out of range [0, {self.num_embeddings})")
-        return self._rows(idx)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_embeddings}, {self.embedding_dim}, weight={self.weight_qparams.scheme} "
-            f"(packed={self.packed})"
-        )
+    def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
+        super()._load_from_state_dict(*args, **kwargs)  # type: ignore[arg-type]
+        self._repack()

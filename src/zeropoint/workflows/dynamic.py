@@ -1,33 +1,118 @@
-"""Dynamic quantization (and weight-only quantization): swap Linear layers, no calibration data.
+"""Dynamic quantization (and weight-only quantization): swap Linear/Embedding layers.
 
-    model_q = zp.quantize_dynamic(model)                          # int8 weights, per-token acts
-    model_q = zp.quantize_dynamic(model, zp.int4_weight_only())   # int4 groups of 32, float acts
+    model_q = zp.quantize_dynamic(model)                            # per-token int8, no data
+    model_q = zp.quantize_dynamic(model, calib_data=lambda m: m.encode(sentences[:16]))
+    model_q = zp.quantize_dynamic(model, zp.int4_weight_only())     # int4 groups of 32
 
-The layers are swapped in place in a copy of the model (the float model is untouched unless
+The layers are swapped in a copy of the model (the float model is untouched unless
 ``inplace=True``), so the model keeps its class and its methods — e.g. a sentence-transformers
 model still has `encode`. No graph capture is needed: the quantizers live inside the layers.
+
+With ``calib_data`` (a few batches, or a function that runs the model on them) every Linear's
+input range is recorded and each layer gets the cheapest int8 mode unless a costlier one is
+clearly more accurate on those inputs: plain per tensor (bias inside fbgemm), per tensor after
+SmoothQuant-style shifting and smoothing (one element-wise pass), or per token (see
+`zeropoint.nn.dynamic`). Without data every Linear is quantized per token.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from zeropoint.nn.dynamic import DynamicQuantLinear, WeightOnlyEmbedding, WeightOnlyLinear
+from zeropoint.nn.dynamic import DynamicQuantLinear, fbgemm_saturates, smoothing_from_range
+from zeropoint.nn.weight_only import WeightOnlyEmbedding, WeightOnlyLinear
+from zeropoint.qparams import Scheme
 from zeropoint.workflows.config import QuantConfig, int8_dynamic
 from zeropoint.workflows.graph import QuantState
+
+#: a costlier mode is chosen only where its error on the calibration inputs is below this
+#: fraction of the cheaper mode's
+GAIN = 0.7
+SAMPLE_ROWS = 2048
+
+
+class _InputStats:
+    """Per-input-channel min / max of a Linear's inputs, and a sample of input rows."""
+
+    def __init__(self) -> None:
+        self.lo: Tensor | None = None
+        self.hi: Tensor | None = None
+        self.rows: list[Tensor] = []
+        self.n_rows = 0
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+        lo, hi = x.amin(0), x.amax(0)
+        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
+        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+        if self.n_rows < SAMPLE_ROWS:
+            take = x[: SAMPLE_ROWS - self.n_rows]
+            self.rows.append(take.clone())
+            self.n_rows += take.shape[0]
+
+
+def _run_calibration(
+    model: nn.Module, calib_data: Iterable[Any] | Callable[[nn.Module], Any]
+) -> None:
+    from zeropoint.workflows.static import _inputs
+
+    with torch.no_grad():
+        if callable(calib_data):
+            calib_data(model)
+            return
+        n = 0
+        for batch in calib_data:
+            args, kwargs = _inputs(batch)
+            model(*args, **kwargs)
+            n += 1
+        if n == 0:
+            raise ValueError("the calibration data is empty")
+
+
+def _choose(
+    layer: nn.Linear, stats: _InputStats, w_scheme: Scheme, reduce_range: bool
+) -> DynamicQuantLinear:
+    """The cheapest of three int8 modes unless a costlier one is clearly more accurate on the
+    calibration sample: plain per-tensor (no extra pass), per-tensor after shifting and smoothing
+    (one element-wise pass), per-token (a reduction and two passes)."""
+    if stats.lo is None or stats.hi is None:
+        return DynamicQuantLinear(layer, w_scheme, True, reduce_range)
+    shift, smooth = smoothing_from_range(stats.lo, stats.hi, layer.weight)
+    candidates = [
+        DynamicQuantLinear(layer, w_scheme, False, reduce_range),
+        DynamicQuantLinear(layer, w_scheme, False, reduce_range, shift=shift, smooth=smooth),
+        DynamicQuantLinear(layer, w_scheme, True, reduce_range),
+    ]
+    x = torch.cat(stats.rows)
+    with torch.no_grad():
+        ref = layer(x)
+        errors = [float(((c(x) - ref) ** 2).mean()) for c in candidates]
+    best = 0
+    for i in (1, 2):
+        if errors[i] < GAIN * errors[best]:
+            best = i
+    return candidates[best]
 
 
 def quantize_dynamic(
     model: nn.Module,
     config: QuantConfig | None = None,
+    calib_data: Iterable[Any] | Callable[[nn.Module], Any] | None = None,
     inplace: bool = False,
-    reduce_range: bool = False,
+    reduce_range: bool | str = "auto",
 ) -> nn.Module:
-    """Swap every Linear the config selects for `DynamicQuantLinear` (config.dynamic, int8
-    weights) or `WeightOnlyLinear` (config.activation is None: weight-only), and every Embedding
-    it selects for `WeightOnlyEmbedding` (codes per row, or per group within a row)."""
+    """Swap every Linear the config selects for `DynamicQuantLinear` (config.dynamic) or
+    `WeightOnlyLinear` (config.activation is None: weight-only), and every Embedding it selects
+    for `WeightOnlyEmbedding` (codes per row, or per group within a row).
+
+    ``reduce_range``: "auto" keeps 8-bit weights and activations where fbgemm's products are
+    exact (VNNI) and uses 7-bit weights where they would saturate (see `zeropoint.nn.dynamic`); True quantizes activations to
+    7 bits instead (torch.ao's choice); False forces 8/8 (may saturate without VNNI)."""
     config = config or int8_dynamic()
     if not config.dynamic and config.activation is not None:
         raise ValueError(
@@ -36,6 +121,8 @@ def quantize_dynamic(
         )
     if config.weight is None:
         raise ValueError("quantize_dynamic needs a weight scheme")
+    if reduce_range not in (True, False, "auto"):
+        raise ValueError(f"reduce_range={reduce_range!r}: expected True, False or 'auto'")
     model = model if inplace else copy.deepcopy(model)
     config.check_names(model)
     state = QuantState(config, "dynamic" if config.dynamic else "weight_only", capture="module")
@@ -47,20 +134,38 @@ def quantize_dynamic(
         if resolved is None or resolved[0] is None:
             continue
         targets.append((name, module, resolved))
+    if not targets:
+        raise ValueError(
+            f"{type(model).__name__} has no Linear or Embedding layer that the config selects"
+        )
+    stats: dict[str, _InputStats] = {}
+    if calib_data is not None and config.dynamic:
+        hooks = []
+        for name, module, _ in targets:
+            if isinstance(module, nn.Linear):
+                stats[name] = _InputStats()
+                hooks.append(module.register_forward_pre_hook(stats[name]))
+        try:
+            _run_calibration(model, calib_data)
+        finally:
+            for h in hooks:
+                h.remove()
+    seven_bit_weights = reduce_range == "auto" and fbgemm_saturates()
+    rr = reduce_range is True
     for name, module, (w_scheme, a_scheme) in targets:
         assert w_scheme is not None
         new: nn.Module
         if isinstance(module, nn.Embedding):
             new = WeightOnlyEmbedding(module, w_scheme)  # a lookup has no activation to quantize
         elif config.dynamic and a_scheme is not None:
-            new = DynamicQuantLinear(module, w_scheme, config.per_token, reduce_range)
+            scheme = w_scheme.with_(bits=7) if seven_bit_weights else w_scheme
+            if name in stats:
+                new = _choose(module, stats[name], scheme, rr)
+            else:
+                new = DynamicQuantLinear(module, scheme, config.per_token, rr)
         else:
             new = WeightOnlyLinear(module, w_scheme)
         model.set_submodule(name, new)
         state.layers[name] = (w_scheme, a_scheme if config.dynamic else None)
-    if not targets:
-        raise ValueError(
-            f"{type(model).__name__} has no Linear or Embedding layer that the config selects"
-        )
     model.__dict__["_zeropoint"] = state
     return model

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["SENTENCES", "mean_cosine", "nearest_neighbour_agreement"]
+__all__ = ["CALIBRATION", "SENTENCES", "mean_cosine", "nearest_neighbour_agreement"]
 
 SENTENCES: tuple[str, ...] = (
     # cooking
@@ -354,6 +354,20 @@ SENTENCES: tuple[str, ...] = (
     "Quetzalcoatl was a feathered serpent deity worshipped in Mesoamerica.",
     "Ljubljana is the capital of Slovenia.",
     "The Zyzzyva is a genus of weevils found in South America.",
+)
+
+
+#: A few sentences that are not in SENTENCES: the calibration set of `quantize_dynamic`'s
+#: smoothing (four are enough, see zeropoint.workflows.dynamic), kept apart from the evaluation.
+CALIBRATION: tuple[str, ...] = (
+    "The weather in the mountains changes quickly in spring.",
+    "How do I reset my password if I no longer have access to my email?",
+    "The court ruled in favour of the defendant after a two-week trial.",
+    "Stir the sauce over low heat until it thickens and coats the spoon.",
+    "Our quarterly revenue grew by 12 percent despite higher shipping costs.",
+    "The rover sent back images of dust storms sweeping across the crater.",
+    "She practised the violin concerto every evening before the audition.",
+    "The night train to Vienna was delayed by a signal failure near the border.",
 )
 
 
