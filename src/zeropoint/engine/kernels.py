@@ -89,6 +89,8 @@ def centred_into(q_x: Tensor, out: Tensor, centre: int | None = None) -> Tensor:
     ATen's parallel grain: no thread-pool fork/join per call.
     """
     c = float(ACTIVATION_CENTRE[q_x.dtype] if centre is None else centre)
+    if c == 0.0:  # a plain conversion, ~3x faster than a subtraction
+        return out.copy_(q_x)
     if q_x.numel() <= BLOCK_ELEMENTS:
         return torch.sub(q_x, c, out=out)
     if q_x.dim() == 1:
