@@ -553,6 +553,19 @@ def test_global_avg_pool2d_and_flatten_nhwc() -> None:
     assert torch.equal(flatten(q.permute(0, 2, 3, 1), layout="NHWC"), torch.flatten(q, 1))
 
 
+def test_global_avg_pool2d_sums_beyond_float32_stay_exact() -> None:
+    # int8 codes far from Z_x = 127 over 300x300 windows: Σ(q − Z_x) = −175·2^17 + 1 lies beyond
+    # 2^24, where float32 keeps only even integers and would round it onto the tie −175·2^17;
+    # with M = 2^−18 that moves the mean from −87.49999… (→ −87) to −87.5 (→ −88)
+    q = torch.full((1, 1, 300, 300), -128, dtype=torch.int8)
+    q.view(-1)[:97] = -1
+    q.view(-1)[97] = -46
+    total = int((q.long() - 127).sum())
+    assert total == -175 * 2**17 + 1
+    y = global_avg_pool2d(q, 127, x_scale=90000 * 2.0**-18, out_scale=1.0, out_zero_point=0)
+    assert int(y) == int(ref_mbqm(np.array([total]), 1 << 30, 48)[0]) == -87
+
+
 def test_rescale_int8_to_uint8_and_elementwise_validation() -> None:
     q = torch.arange(-128, 128, dtype=torch.int16).to(torch.int8)
     rq = Requantizer.from_multiplier(0.02 / 0.03, 130, torch.uint8)  # S 0.02 → 0.03, Z −5 → 130

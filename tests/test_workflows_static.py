@@ -95,13 +95,17 @@ def test_module_boundary_fallback_is_announced() -> None:
                 x = -x
             return self.b(torch.relu(self.a(x)))
 
+    torch.manual_seed(0)
     model = Branchy().eval()
+    calib = torch.randn(64, 4)
     with pytest.warns(UserWarning, match="module-boundary"):
-        q = quantize_static(model, [torch.randn(8, 4)], progress=False)
+        q = quantize_static(model, [calib], progress=False)
     assert state_of(q).capture == "module-boundary"
     assert q.a.input_quant is not None and q.b.input_quant is not None
-    x = torch.randn(3, 4)
-    torch.testing.assert_close(q(x), model(x), rtol=0.05, atol=0.05)
+    # inside the calibrated range the 8-bit simulation stays within a few input steps
+    x = calib[:16]
+    step = q.a.input_quant.scale.item()
+    torch.testing.assert_close(q(x), model(x), rtol=0, atol=10 * step)
 
 
 def test_bad_input_names_the_problem(digits: tuple[DigitsCNN, DigitsData]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,6 +27,11 @@ def _fp32_size(model: torch.nn.Module, directory: Path) -> int:
     return peers.file_size(path)
 
 
+def _encode_calibration(model: Any) -> None:
+    """Run the encoder on the calibration sentences (its Linear layers' inputs are recorded)."""
+    model.encode(list(CALIBRATION))
+
+
 def run(work: Path, quick: bool = False) -> list[Row]:
     sentences = list(SENTENCES[:96] if quick else SENTENCES)
     model = load_minilm()
@@ -34,7 +40,7 @@ def run(work: Path, quick: bool = False) -> list[Row]:
         return lambda: m.encode(sentences, batch_size=32, convert_to_tensor=True)  # type: ignore[operator]
 
     ref = model.encode(sentences, batch_size=32, convert_to_tensor=True)
-    int8 = zp.quantize_dynamic(model, calib_data=lambda m: m.encode(list(CALIBRATION)))
+    int8 = zp.quantize_dynamic(model, calib_data=_encode_calibration)
     int4 = zp.quantize_dynamic(model, zp.int4_weight_only(32))
     ao = peers.torch_ao_dynamic_int8(model)
     int8_dir = zp.save(int8, work / "minilm_int8")

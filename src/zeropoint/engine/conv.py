@@ -14,12 +14,14 @@ c = 128 for uint8 (|a| ≤ 128). Three paths compute Σ a·w, each exact:
 * ``"im2col"``: patches gathered from channels-last data by strided views (stride, dilation),
   copied once to (pixels, C_in·kh·kw) and multiplied by `exact_matmul` per group. Exact for the
   reasons given in `kernels` (fp32 chunks bounded by 2^24, or float64).
-* ``"direct"``: ``torch.mkldnn_convolution`` on centred fp32 data, channels-last. We call that
-  op directly instead of ``F.conv2d``, whose backend choice may pick NNPACK (Winograd/FFT
-  transforms, not exact on integer data) when oneDNN is disabled or for some batch sizes.
-  PyTorch asks oneDNN for ``algorithm::convolution_direct``; its implementations (direct JIT,
-  GEMM, BRGEMM) form the products a·w exactly (|a·w| ≤ 2^14, or 255·127 < 2^15 centred by Z_x)
-  and add them in fp32 in some order, so every intermediate is a partial sum bounded by
+* ``"direct"``: oneDNN's convolution on centred fp32 data, channels-last, with weights reordered
+  once per input shape (``mkldnn._convolution_pointwise``; ``torch.mkldnn_convolution`` where
+  those internal ops are missing). We call oneDNN directly instead of ``F.conv2d``, whose backend
+  choice may pick NNPACK (Winograd/FFT transforms, not exact on integer data) when oneDNN is
+  disabled or for some batch sizes. PyTorch asks oneDNN for ``algorithm::convolution_direct``;
+  its implementations (direct JIT, GEMM, BRGEMM) form the products a·w exactly (|a·w| ≤ 2^14,
+  or 255·127 < 2^15 centred by Z_x) and add them in fp32 in some order (the weight layout only
+  changes that order), so every intermediate is a partial sum bounded by
   max|a|·Σ|w[o]| (+ |bias|) — used only when that is below 2^24 for every channel and fp32
   precision is strict (`fp32_is_strict`), hence exact. Problems of at most `SMALL_CONV_PIXELS`
   output pixels (batch 1) run ATen's own im2col + sgemm (``_slow_conv2d_forward``, what
@@ -46,6 +48,7 @@ from zeropoint.engine.kernels import (
     GemmPlan,
     activation_bound,
     bias_int64,
+    centred_into,
     check_activation,
     check_int32_accumulator,
     exact_matmul,
@@ -108,11 +111,7 @@ def _centred_padded(x: Tensor, zero_point: int, padding: tuple[int, int], centre
     if pw:
         out[:, :, :, :pw].fill_(pad)
         out[:, :, :, pw + w :].fill_(pad)
-    inner = out[:, :, ph : ph + h, pw : pw + w]
-    if centre == 0:
-        inner.copy_(x)  # a plain conversion: ~3x faster than a subtraction
-    else:
-        torch.sub(x, float(centre), out=inner)  # a float scalar: float32 arithmetic, exact
+    centred_into(x, out[:, :, ph : ph + h, pw : pw + w], centre)
     return out
 
 
@@ -137,6 +136,9 @@ class Conv2dWeights:
     _offsets: dict[int, tuple[Tensor, int, Tensor]] = field(
         default_factory=dict, init=False, repr=False
     )
+    _packed: dict[tuple[tuple[int, ...], tuple[int, int]], Tensor | None] = field(
+        default_factory=dict, init=False, repr=False
+    )  # oneDNN-reordered weights per (input shape, padding), see `_onednn_conv`
 
     @property
     def in_channels(self) -> int:
@@ -231,10 +233,38 @@ def _direct_acc(x: Tensor, zp: int, c: int, act: int, w: Conv2dWeights) -> Tenso
         # tiny problems (batch 1): ATen's im2col + sgemm, ~2x faster than oneDNN's setup there
         y = torch.ops.aten._slow_conv2d_forward(xc, w.weight_f32, [kh, kw], bias, w.stride, padding)
     else:
-        y = torch.mkldnn_convolution(
-            xc, w.weight_f32, bias, padding, w.stride, w.dilation, w.groups
-        )
+        y = _onednn_conv(xc, w, bias, padding)
     return y if bias is not None else y.to(torch.int64).add_(offset.view(1, -1, 1, 1))
+
+
+def _onednn_conv(
+    xc: Tensor, w: Conv2dWeights, bias: Tensor | None, padding: tuple[int, int]
+) -> Tensor:
+    """oneDNN's direct convolution, with the weights reordered once into oneDNN's blocked layout
+    (what torch.compile's CPU freezing does; ~10% faster than reordering on every call). The
+    layout only changes the summation order, which the 2^24 bound makes irrelevant. Without
+    these ops (they are torch-internal) it falls back to ``torch.mkldnn_convolution``."""
+    key = (tuple(xc.shape), padding)
+    if key not in w._packed:
+        if len(w._packed) >= 8:  # one per input shape seen: keep a few
+            w._packed.clear()
+        try:
+            w._packed[key] = torch.ops.aten.mkldnn_reorder_conv2d_weight(
+                w.weight_f32.to_mkldnn(), list(padding), list(w.stride), list(w.dilation),
+                w.groups, list(xc.shape),
+            )  # fmt: skip
+        except (AttributeError, RuntimeError, NotImplementedError):
+            w._packed[key] = None
+    packed = w._packed[key]
+    if packed is not None:
+        try:
+            return torch.ops.mkldnn._convolution_pointwise(
+                xc, packed, bias, list(padding), list(w.stride), list(w.dilation), w.groups,
+                "none", [], "",
+            )  # fmt: skip
+        except (AttributeError, RuntimeError, NotImplementedError):
+            w._packed[key] = None
+    return torch.mkldnn_convolution(xc, w.weight_f32, bias, padding, w.stride, w.dilation, w.groups)
 
 
 def _conv2d_acc(
@@ -269,7 +299,7 @@ def _conv2d_acc(
     if method == "direct":
         acc = _direct_acc(x, zp, c, act, w)
     else:
-        offset, max_off, _ = w.offset(c - zp)
+        offset, max_off, offset_f32 = w.offset(c - zp)
         xh = _centred_padded(x, zp, w.padding, c).permute(0, 2, 3, 1)  # (N, Hp, Wp, C)
         if method == "gemm":
             cols = xh[:, : sh * (h_out - 1) + 1 : sh, : sw * (w_out - 1) + 1 : sw].reshape(-1, c_in)
@@ -278,12 +308,11 @@ def _conv2d_acc(
             cols = patches.reshape(n * h_out * w_out, c_in * kh * kw)  # (c, u, v) order
         k_g = cols.shape[1] // w.groups
         c_g = w.out_channels // w.groups
-        parts = [
-            exact_matmul(
-                cols[:, g * k_g : (g + 1) * k_g], p, act, offset[g * c_g : (g + 1) * c_g], max_off
-            )
-            for g, p in enumerate(w.plans)
-        ]
+        parts = []
+        for g, p in enumerate(w.plans):
+            rows = slice(g * c_g, (g + 1) * c_g)
+            cols_g = cols[:, g * k_g : (g + 1) * k_g]
+            parts.append(exact_matmul(cols_g, p, act, offset[rows], max_off, offset_f32[rows]))
         flat = parts[0] if w.groups == 1 else torch.cat([p.to(torch.int64) for p in parts], 1)
         acc = flat.view(n, h_out, w_out, w.out_channels).permute(0, 3, 1, 2)
     check_int32_accumulator(acc, act_max, w.max_abs_sum, w.max_abs_bias, c_in // w.groups * kh * kw)

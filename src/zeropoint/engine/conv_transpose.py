@@ -51,7 +51,7 @@ class ConvTranspose2dWeights:
     col_bias: tuple[Tensor, ...]  # per group: the bias of each column's output channel, int64
     max_abs_sum: int  # max_o Σ_{i,u,v} |w[i, o, u, v]|: bounds every fold partial sum
     max_abs_bias: int
-    _offsets: dict[tuple[int, bool], tuple[tuple[Tensor, int], ...]] = field(
+    _offsets: dict[tuple[int, bool], tuple[tuple[Tensor, int, Tensor], ...]] = field(
         default_factory=dict, init=False, repr=False
     )
 
@@ -59,14 +59,14 @@ class ConvTranspose2dWeights:
     def in_channels(self) -> int:
         return int(self.weight.shape[0])
 
-    def offsets(self, shift: int, with_bias: bool) -> tuple[tuple[Tensor, int], ...]:
-        """Per group: the column offsets shift·Σ_i w (+ the bias) and their max |·|, cached."""
+    def offsets(self, shift: int, with_bias: bool) -> tuple[tuple[Tensor, int, Tensor], ...]:
+        """Per group: the column offsets shift·Σ_i w (+ the bias), their max |·| and float32."""
         key = (shift, with_bias)
         if key not in self._offsets:
             offs = []
             for b, p in zip(self.col_bias, self.plans):
                 off = (b if with_bias else torch.zeros_like(b)) + shift * p.col_sums
-                offs.append((off, int(off.abs().max()) if off.numel() else 0))
+                offs.append((off, int(off.abs().max()) if off.numel() else 0, off.float()))
             self._offsets[key] = tuple(offs)
         return self._offsets[key]
 

@@ -321,14 +321,15 @@ def pool_requantizer(
 
 def global_avg_pool2d_nchw(q_x: Tensor, x_zero_point: int, requant: Requantizer) -> Tensor:
     """`global_avg_pool2d` of trusted (N, C, H, W) codes in any memory format, with its
-    `pool_requantizer`. The window sums Σq are exact in float32 while count·max|q| < 2^24
-    (integers, in any summation order), as is Σq − Z_x·count; else in float64 (below 2^53)."""
+    `pool_requantizer`. The window sums Σq, Z_x·count and Σq − Z_x·count are integers of
+    magnitude at most count·max(|q|, |q − Z_x|): exact in float32 below 2^24 (in any summation
+    order), else in float64 (below 2^53)."""
     count = q_x.shape[2] * q_x.shape[3]
     lo, hi = dtype_range(q_x.dtype)
-    exact32 = count * max(-lo, hi) < 1 << 24
+    act_max = max(x_zero_point - lo, hi - x_zero_point)
+    exact32 = count * max(-lo, hi, act_max) < 1 << 24
     sums = q_x.sum((2, 3), keepdim=True, dtype=torch.float32 if exact32 else torch.float64)
-    bound = count * max(x_zero_point - lo, hi - x_zero_point)
-    return requant.apply(sums.sub_(x_zero_point * count), 1, bound)
+    return requant.apply(sums.sub_(x_zero_point * count), 1, count * act_max)
 
 
 def global_avg_pool2d(

@@ -5,18 +5,19 @@ The layer (see `fixedpoint`): q_y = Z_y + M·(Σ_k (q_x,k − Z_x)·q_w,k + q_b)
 
     Σ_k (q_x,k − Z_x)·q_w[n,k] = Σ_k a_k·q_w[n,k] + (c − Z_x)·Σ_k q_w[n,k],   a_k = q_x,k − c
 
-with c = 128 for uint8 inputs and c = 0 for int8, so that |a_k| ≤ 128. The second term and the
-bias q_b form one per-channel integer ``offset[n]`` (the column sums Σ_k q_w[n,k] are computed
-once by `prepare_linear`): the hot loop is a single int8×int8 product.
+with c = Z_x when max|q_x − Z_x|·Σ_k |q_w[n,k]| < 2^24 (the correction vanishes and a_k = 0 is
+the real 0), else c = 128 for uint8 inputs and c = 0 for int8, so that |a_k| ≤ 128. The second
+term and the bias q_b form one per-channel integer ``offset[n]`` (the column sums Σ_k q_w[n,k]
+are computed once by `prepare_linear`): the hot loop is a single int8×int8 product.
 
 Why float BLAS, and why it is exact. ``torch._int_mm`` on CPU is a naive loop (~50× slower than
 fp32 BLAS), so the product runs as an fp32 GEMM on integer-valued floats. Every product a_k·w_k
-is an integer with |a_k·w_k| ≤ 128·128 = 2^14, exactly representable. Whatever order and
+is an integer with |a_k·w_k| ≤ 255·127 < 2^15, exactly representable. Whatever order and
 blocking the BLAS uses (with or without FMA), each intermediate value is a partial sum of a
 subset of these products (plus, with ``addmm``, the offset), an integer bounded in magnitude by
-B_n = 128·Σ_k |q_w[n,k]| (+ |offset[n]|). If B_n < 2^24 every such integer is representable
+B_n = max|a|·Σ_k |q_w[n,k]| (+ |offset[n]|). If B_n < 2^24 every such integer is representable
 in fp32, so every addition is exact and the GEMM returns the exact integer sum. `prepare_linear`
-knows Σ_k |q_w[n,k]| per output channel and splits K into chunks only where a channel's bound
+knows Σ_k |q_w[n,k]| per output channel and splits K into chunks (for |a| ≤ 128) where a bound
 would reach 2^24 (one chunk for K up to ~1000 with worst-case |q_w| = 127, and for K of several
 thousand with real weights); chunk results are converted to int64 and added exactly. With more
 than `MAX_CHUNKS` chunks, or inputs wider than 8 bits, the GEMM runs in float64, exact while the
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from zeropoint.engine.fixedpoint import BLOCK_ELEMENTS, INT32_MAX, INT32_MIN
+from zeropoint.engine.fixedpoint import INT32_MAX, INT32_MIN
 from zeropoint.engine.requantize import Requantizer, dtype_range
 
 #: Integers of magnitude below these are exact in float32 / float64.
@@ -82,30 +83,15 @@ def check_activation(q_x: object, zero_point: int, what: str = "q_x") -> Tensor:
 
 
 def centred_into(q_x: Tensor, out: Tensor, centre: int | None = None) -> Tensor:
-    """out[...] = q_x − c as float (exact integers), in blocks of < 32768 elements.
+    """out[...] = q_x − c as float (exact integers): a conversion, then a float subtraction.
 
     ``c`` = ``centre``, by default `ACTIVATION_CENTRE` (128 for uint8). ``out`` may be any view
-    of ``q_x``'s shape (e.g. the interior of a padded buffer). Blocks keep every pass below
-    ATen's parallel grain: no thread-pool fork/join per call.
+    of ``q_x``'s shape (e.g. the interior of a padded buffer). Two same-dtype passes are ~3x
+    faster than one mixed uint8 − float subtraction, which ATen does not vectorise.
     """
-    c = float(ACTIVATION_CENTRE[q_x.dtype] if centre is None else centre)
-    if c == 0.0:  # a plain conversion, ~3x faster than a subtraction
-        return out.copy_(q_x)
-    if q_x.numel() <= BLOCK_ELEMENTS:
-        return torch.sub(q_x, c, out=out)
-    if q_x.dim() == 1:
-        for i in range(0, q_x.numel(), BLOCK_ELEMENTS):
-            j = i + BLOCK_ELEMENTS
-            torch.sub(q_x[i:j], c, out=out[i:j])
-        return out
-    rows = BLOCK_ELEMENTS // q_x[0].numel()
-    if rows == 0:  # one slice is already too big: split it further
-        for r in range(q_x.shape[0]):
-            centred_into(q_x[r], out[r], centre)
-    else:
-        for r0 in range(0, q_x.shape[0], rows):
-            torch.sub(q_x[r0 : r0 + rows], c, out=out[r0 : r0 + rows])
-    return out
+    c = ACTIVATION_CENTRE[q_x.dtype] if centre is None else centre
+    out.copy_(q_x)
+    return out.sub_(float(c)) if c else out
 
 
 def centred_float(q_x: Tensor, centre: int | None = None) -> Tensor:
@@ -169,7 +155,7 @@ def plan_gemm(q_w: Tensor, act_bound: int = 128) -> GemmPlan:
 
 def exact_matmul(
     a: Tensor, plan: GemmPlan, act_bound: int, offset: Tensor | None = None,
-    max_offset: int | None = None,
+    max_offset: int | None = None, offset_f32: Tensor | None = None,
 ) -> Tensor:  # fmt: skip
     """Σ_k a[m, k]·W[n, k] + offset[n], exactly, as an (M, N) tensor of integer values.
 
@@ -177,7 +163,8 @@ def exact_matmul(
     (N,) tensor. The result is float32 (one fp32 pass, every partial sum below 2^24: any
     act_bound, whatever the plan's chunks), int64 (fp32 chunks summed in int64) or float64
     (fallback, checked below 2^53): exact integers in any case, which `Requantizer.apply` and
-    ``.to(torch.int32)`` take as they are. ``max_offset`` = max|offset| when known.
+    ``.to(torch.int32)`` take as they are. ``max_offset`` = max|offset| and ``offset_f32`` =
+    the offset as float32, when the caller has them at hand.
     """
     wt = plan.weight_f32.t()
     bound = act_bound * plan.max_abs_sum
@@ -186,7 +173,7 @@ def exact_matmul(
     if strict and bound + max_off < F32_EXACT:
         if offset is None:
             return torch.mm(a, wt)
-        return torch.addmm(offset.to(torch.float32), a, wt)
+        return torch.addmm(offset.to(torch.float32) if offset_f32 is None else offset_f32, a, wt)
     if strict and (
         bound < F32_EXACT or (act_bound <= plan.act_bound and len(plan.chunks) <= MAX_CHUNKS)
     ):
@@ -250,13 +237,16 @@ class LinearWeights:
     plan: GemmPlan
     bias: Tensor  # int64 (N,)
     max_abs_bias: int
-    _offsets: dict[int, tuple[Tensor, int]] = field(default_factory=dict, init=False, repr=False)
+    _offsets: dict[int, tuple[Tensor, int, Tensor]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
-    def offset(self, shift: int) -> tuple[Tensor, int]:
-        """bias + shift·Σ_k W[n, k] (shift = c − Z_x) and its max |·|, computed once per shift."""
+    def offset(self, shift: int) -> tuple[Tensor, int, Tensor]:
+        """bias + shift·Σ_k W[n, k] (shift = c − Z_x), its max |·| and the float32 copy (used
+        only while exact), computed once per shift."""
         if shift not in self._offsets:
             off = self.bias + shift * self.plan.col_sums
-            self._offsets[shift] = (off, _max_abs(off))
+            self._offsets[shift] = (off, _max_abs(off), off.to(torch.float32))
         return self._offsets[shift]
 
     @property
@@ -277,17 +267,23 @@ def prepare_linear(q_w: Tensor, bias_q: Tensor | None = None) -> LinearWeights:
 
 def _linear_acc(q_x: Tensor, x_zero_point: int, weights: LinearWeights) -> tuple[Tensor, int]:
     """Exact accumulators (..., N), integer-valued (float32, float64 or int64: `exact_matmul`),
-    and the static bound on their magnitude, max|q_x − Z_x|·max Σ|w| + max|bias|."""
+    and the static bound on their magnitude, max|q_x − Z_x|·max Σ|w| + max|bias|.
+
+    The input is centred by Z_x itself when max|q_x − Z_x|·Σ|w| < 2^24 (one exact fp32 pass,
+    the offset is the bias alone), else by `ACTIVATION_CENTRE` (|a| ≤ 128, chunked if needed)."""
     check_activation(q_x, x_zero_point)
     k = weights.in_features
     if q_x.dim() < 1 or q_x.shape[-1] != k:
         raise ValueError(f"q_x must have shape (..., {k}), got {tuple(q_x.shape)}")
-    c = ACTIVATION_CENTRE[q_x.dtype]
-    a = centred_float(q_x.reshape(-1, k))
-    offset, max_offset = weights.offset(c - x_zero_point)
-    acc = exact_matmul(a, weights.plan, activation_bound(q_x.dtype), offset, max_offset)
     lo, hi = dtype_range(q_x.dtype)
     act_max = max(x_zero_point - lo, hi - x_zero_point)
+    if act_max * weights.plan.max_abs_sum < F32_EXACT:
+        c, act = x_zero_point, act_max
+    else:
+        c, act = ACTIVATION_CENTRE[q_x.dtype], activation_bound(q_x.dtype)
+    a = centred_float(q_x.reshape(-1, k), c)
+    offset, max_offset, offset_f32 = weights.offset(c - x_zero_point)
+    acc = exact_matmul(a, weights.plan, act, offset, max_offset, offset_f32)
     check_int32_accumulator(acc, act_max, weights.plan.max_abs_sum, weights.max_abs_bias, k)
     bound = act_max * weights.plan.max_abs_sum + weights.max_abs_bias
     return acc.reshape(*q_x.shape[:-1], weights.out_features), bound

@@ -30,12 +30,15 @@ and x + δ are n·2^−s with |n| < 2^53, representable: every step is exact, w 
 results that survive the clamp have qmin ≤ x < qmax + 1, hence |x| ≤ X, |x + δ| ≤ X + 1 and
 |P| ≤ X + |Z| + 1; for those, |acc·M0| = |P|·2^s and the numerators of x, x + δ are below 2^53,
 so again w = x. Every other accumulator is clamped, and stays clamped: each step rounds
-monotonically and the thresholds P = qmax + 1 − c (+ δ) and P = qmin − c (+ δ) are representable,
-so P at or beyond them gives w at or beyond qmax + 1 (or below qmin). With 8-bit outputs the
-window condition reads s ≤ 43 (M ≳ 1.2·10^−4), for any int32 accumulator; below that the kernels
-pass the accumulator bound they know (max|q − Z|·Σ|w| + |bias|). Otherwise (int32 outputs, left
-shifts, tiny M with a large bound) the integer path runs. ⌊·⌋ commutes with a clamp to integers,
-and after the clamp the cast's truncation is ⌊·⌋ when qmin ≥ 0: uint8 outputs skip the floor.
+monotonically and the thresholds P = qmax + 1 − c (+ δ) and P = qmin − c (+ δ) are
+representable, so P at or beyond them gives w at or beyond qmax + 1 (or below qmin). Whether a
+kernel fuses acc·M' + c into one FMA does not matter: that only drops the rounding of P.
+
+With 8-bit outputs the window condition reads s ≤ 43 (M ≳ 1.2·10^−4), for any int32
+accumulator; below that the kernels pass the accumulator bound they know (max|q − Z|·Σ|w| +
+|bias|). Otherwise (int32 outputs, left shifts, tiny M with a large bound) the integer path
+runs. ⌊·⌋ commutes with a clamp to integers, and after the clamp the cast's truncation is ⌊·⌋
+when qmin ≥ 0: uint8 outputs skip the floor.
 """
 
 from __future__ import annotations
@@ -136,6 +139,7 @@ def _float_path(f: _Fixed, zero_point: int, qmin: int, qmax: int) -> _FloatPath 
 
 
 def _float_block_elements() -> int:
+    """Elements per block of the float64 path: one ATen grain (32768) per intra-op thread."""
     return (BLOCK_ELEMENTS + 1) * torch.get_num_threads()
 
 
@@ -165,6 +169,7 @@ class Requantizer:
     _fixed: _Fixed = field(init=False, repr=False)
     _float: _FloatPath | None = field(init=False, repr=False)
     _consts: tuple[Tensor, ...] = field(init=False, repr=False)  # float path, as (1, C, 1)
+    _tiles: dict[int, tuple[Tensor, ...]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         m0 = _as_int_tensor(self.m0, "m0").to(torch.int64)
@@ -325,26 +330,39 @@ class Requantizer:
         if self.m0.dim() == 1:
             p, shape = order.index(axis), am.shape
             dims = (math.prod(shape[:p]), shape[p], math.prod(shape[p + 1 :]))
-        else:
-            dims = (numel, 1, 1)
+            consts = self._consts
+        else:  # constants tiled along a row: a broadcast stride-0 operand is not vectorized
+            tile = next(
+                (t for t in (am.shape[-1], 1024, 256, 64) if 1 < t <= 4096 and numel % t == 0), 1
+            )
+            dims, consts = (numel // tile, 1, tile), self._tiled(tile)
         a3, o3 = am.view(dims), out.permute(order).view(dims)
         row = dims[1] * dims[2]
         if row <= block:  # blocks of whole (C, inner) rows
             rows = max(1, block // row)
             for r0 in range(0, dims[0], rows):
-                self._float_block(a3[r0 : r0 + rows], self._consts, o3[r0 : r0 + rows])
+                self._float_block(a3[r0 : r0 + rows], consts, o3[r0 : r0 + rows])
         else:  # rows longer than a block: split inner
             step = max(1, block // dims[1])
             for r in range(dims[0]):
                 for i0 in range(0, dims[2], step):
                     part = (slice(r, r + 1), slice(None), slice(i0, i0 + step))
-                    self._float_block(a3[part], self._consts, o3[part])
+                    self._float_block(a3[part], consts, o3[part])
         return out
 
+    def _tiled(self, n: int) -> tuple[Tensor, ...]:
+        """The per-tensor constants repeated along a row of n, shape (1, 1, n), cached."""
+        if n not in self._tiles:
+            self._tiles[n] = tuple(t.expand(1, 1, n).contiguous() for t in self._consts)
+        return self._tiles[n]
+
     def _float_block(self, acc: Tensor, k: tuple[Tensor, ...], out: Tensor) -> None:
-        w = torch.addcmul(k[1], acc, k[0])
-        if len(k) == 3:  # double rounding: − W·2^−s where acc < 0; −[acc < 0] = clamp(acc, −1, 0)
-            w.addcmul_(acc.clamp(-1, 0), k[2])  # for integers (a `where` is ~3x slower)
+        if len(k) == 2:
+            w = torch.addcmul(k[1], acc, k[0])
+        else:  # double rounding: − W·2^−s where acc < 0, as −[acc < 0] = clamp(acc, −1, 0) for
+            # integers (a `where` is ~3x slower); acc converted once, not inside each mixed op
+            a = acc.to(torch.float64, copy=True)
+            w = torch.addcmul(k[1], a, k[0]).addcmul_(a.clamp_(-1, 0), k[2])
         w.clamp_(self.qmin, self.qmax)
         if self.dtype != torch.uint8:  # after the clamp, the cast truncates: ⌊·⌋ only for w ≥ 0
             w.floor_()
