@@ -72,10 +72,10 @@ def _quantize_per_tensor_chunked(
     out = torch.empty(flat.numel(), dtype=scheme.format.storage_dtype)
     buf = torch.empty(min(CHUNK, flat.numel()), dtype=torch.float32)
     lo, hi = float(scheme.qmin - zero_point), float(scheme.qmax - zero_point)
+    if not math.isfinite(float(flat.sum())):  # NaN/Inf (or a huge finite sum): look closer
+        check_finite(x, "tensor to quantize")
     for start in range(0, flat.numel(), CHUNK):
         chunk = flat[start : start + CHUNK]
-        if not math.isfinite(float(chunk.sum())):  # NaN/Inf (or a huge finite sum): look closer
-            check_finite(x, "tensor to quantize")
         b = buf[: chunk.numel()]
         torch.div(chunk, scale, out=b)
         round_values(b, scheme.rounding, generator).clamp_(lo, hi).add_(zero_point)

@@ -129,6 +129,5 @@ class Observer(ABC):
 
 
 def row_minmax(rows: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-row (min, max) in float64."""
-    lo, hi = torch.aminmax(rows, dim=1)
-    return lo.to(torch.float64), hi.to(torch.float64)
+    """Per-row (min, max) in float64 (two reductions: torch.aminmax(dim=1) is far slower)."""
+    return rows.amin(dim=1).to(torch.float64), rows.amax(dim=1).to(torch.float64)
