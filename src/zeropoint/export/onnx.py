@@ -159,6 +159,17 @@ def _layer(b: _Builder, op: QOp, graph: QGraph, x: str) -> str:
     return b.node("Conv", inputs, **attrs)
 
 
+def _pool_window(a: dict[str, Any]) -> dict[str, Any]:
+    """ONNX pooling attributes from torch's (stride defaults to the kernel size)."""
+    pad = _pair(a.get("padding", 0))
+    return {
+        "kernel_shape": _pair(a["kernel_size"]),
+        "strides": _pair(a.get("stride") or a["kernel_size"]),
+        "pads": pad + pad,
+        "ceil_mode": int(bool(a.get("ceil_mode", False))),
+    }
+
+
 def _emit(b: _Builder, op: QOp, graph: QGraph) -> None:
     ins = op.inputs
     kind = op.kind
@@ -176,24 +187,11 @@ def _emit(b: _Builder, op: QOp, graph: QGraph) -> None:
     elif kind == "cat":
         y = b.node("Concat", ins, axis=int(op.attrs["dim"]))
     elif kind == "max_pool2d":
-        a = op.attrs
-        k = _pair(a["kernel_size"])
-        stride = _pair(a.get("stride") or a["kernel_size"])
-        pad = _pair(a.get("padding", 0))
-        y = b.node(
-            "MaxPool", ins, kernel_shape=k, strides=stride, pads=pad + pad,
-            dilations=_pair(a.get("dilation", 1)), ceil_mode=int(bool(a.get("ceil_mode", False))),
-        )  # fmt: skip
+        dilations = _pair(op.attrs.get("dilation", 1))
+        y = b.node("MaxPool", ins, **_pool_window(op.attrs), dilations=dilations)
     elif kind == "avg_pool2d":
-        a = op.attrs
-        k = _pair(a["kernel_size"])
-        stride = _pair(a.get("stride") or a["kernel_size"])
-        pad = _pair(a.get("padding", 0))
-        y = b.node(
-            "AveragePool", ins, kernel_shape=k, strides=stride, pads=pad + pad,
-            ceil_mode=int(bool(a.get("ceil_mode", False))),
-            count_include_pad=int(bool(a.get("count_include_pad", True))),
-        )  # fmt: skip
+        include_pad = int(bool(op.attrs.get("count_include_pad", True)))
+        y = b.node("AveragePool", ins, **_pool_window(op.attrs), count_include_pad=include_pad)
     elif kind == "adaptive_avg_pool2d":
         if _pair(op.attrs.get("output_size", 1)) != [1, 1]:
             raise ValueError(
