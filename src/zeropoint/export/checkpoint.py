@@ -121,21 +121,46 @@ def config_from_json(d: dict[str, Any]) -> QuantConfig:
     )
 
 
-def _encoding(qp: QParams) -> dict[str, Any]:
-    return {
+#: encodings with more scales than this keep them in the safetensors file (JSON names them)
+INLINE_SCALES = 64
+_SIDE_TENSORS = (".codes", ".qscale", ".qzero")
+
+
+def _encoding(
+    qp: QParams, tensors: dict[str, Tensor] | None = None, key: str = ""
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
         "scheme": asdict(qp.scheme),
         "axis": qp.axis,
         "shape": list(qp.scale.shape),
-        "scale": qp.scale.flatten().tolist(),
-        "zero_point": qp.zero_point.flatten().tolist(),
     }
+    if tensors is not None and qp.scale.numel() > INLINE_SCALES:
+        tensors[f"{key}.qscale"] = qp.scale.contiguous()
+        tensors[f"{key}.qzero"] = qp.zero_point.contiguous()
+        doc["scale"], doc["zero_point"] = {"tensor": f"{key}.qscale"}, {"tensor": f"{key}.qzero"}
+    else:
+        doc["scale"], doc["zero_point"] = (
+            qp.scale.flatten().tolist(),
+            qp.zero_point.flatten().tolist(),
+        )
+    return doc
 
 
-def _qparams_from(e: dict[str, Any], what: str) -> QParams:
+def _qparams_from(
+    e: dict[str, Any], what: str, tensors: dict[str, Tensor] | None = None
+) -> QParams:
+    def values(field: str, dtype: torch.dtype) -> Tensor:
+        v = e[field]
+        if isinstance(v, dict):
+            if tensors is None or v.get("tensor") not in tensors:
+                raise ValueError(f"checkpoint lacks the tensor {v.get('tensor')!r}")
+            return tensors[v["tensor"]].to(dtype)
+        return torch.tensor(v, dtype=dtype)
+
     try:
         shape = tuple(e["shape"])
-        scale = torch.tensor(e["scale"], dtype=torch.float32).reshape(shape)
-        zero = torch.tensor(e["zero_point"], dtype=torch.int32).reshape(shape)
+        scale = values("scale", torch.float32).reshape(shape)
+        zero = values("zero_point", torch.int32).reshape(shape)
         return QParams(scale, zero, Scheme(**e["scheme"]), e["axis"])
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
         raise ValueError(f"checkpoint encoding of {what} is malformed: {exc}") from exc
@@ -165,7 +190,7 @@ def save(model: nn.Module, path: str | Path) -> Path:
                 else [module.out_features, module.in_features]
             )
             quantized[key] = {
-                "encoding": _encoding(module.weight_qparams),
+                "encoding": _encoding(module.weight_qparams, tensors, key),
                 "packed": packed,
                 "view_shape": shape,
                 "shape": shape,
@@ -179,7 +204,7 @@ def save(model: nn.Module, path: str | Path) -> Path:
             key = f"{name}.weight"
             tensors[f"{key}.codes"] = qt.data.contiguous()
             quantized[key] = {
-                "encoding": _encoding(qp),
+                "encoding": _encoding(qp, tensors, key),
                 "packed": qt.packed,
                 "view_shape": list(qt.shape),
                 "shape": list(module.float_weight.shape),
@@ -269,7 +294,7 @@ def load(path: str | Path, model: nn.Module) -> nn.Module:
             raise ValueError(
                 f"checkpoint quantizes {key}, but the model's {layer_name} is not a quantized layer"
             )
-        qp = _qparams_from(info["encoding"], key)
+        qp = _qparams_from(info["encoding"], key, tensors)
         codes = tensors.get(f"{key}.codes")
         if codes is None:
             raise ValueError(f"checkpoint lacks the codes of {key}")
@@ -289,7 +314,7 @@ def load(path: str | Path, model: nn.Module) -> nn.Module:
         assert isinstance(layer.weight_quant, FakeQuant)
         layer.weight_quant.set_qparams(qp)
         layer.weight_quant.mode = "quantize"
-    rest = {k: v for k, v in tensors.items() if not k.endswith(".codes")}
+    rest = {k: v for k, v in tensors.items() if not k.endswith(_SIDE_TENSORS)}
     result = prepared.load_state_dict(rest, strict=False)
     unexpected = [k for k in result.unexpected_keys]
     if unexpected:
@@ -314,7 +339,7 @@ def _load_module_swapped(
     swapped = quantize_dynamic(model, config, reduce_range=bool(doc.get("reduce_range", False)))
     for key, info in doc["weights"].items():
         layer = swapped.get_submodule(key.rsplit(".", 1)[0])
-        qp = _qparams_from(info["encoding"], key)
+        qp = _qparams_from(info["encoding"], key, tensors)
         codes = _codes_for(tensors, key)
         try:
             if isinstance(layer, DynamicQuantLinear):
@@ -326,7 +351,7 @@ def _load_module_swapped(
                 raise ValueError(f"the model's {key} is not a dynamic or weight-only layer")
         except (RuntimeError, ValueError) as exc:
             raise ValueError(f"checkpoint codes of {key} do not fit the model: {exc}") from exc
-    rest = {k: v for k, v in tensors.items() if not k.endswith(".codes")}
+    rest = {k: v for k, v in tensors.items() if not k.endswith(_SIDE_TENSORS)}
     result = swapped.load_state_dict(rest, strict=False)
     if result.unexpected_keys:
         raise ValueError(
