@@ -24,6 +24,6 @@ print(
 )
 
 qat = zp.prepare_qat(model, config, example_inputs=data.x_train[:256])
-train(qat, data, epochs=2 if quick else 20, lr=3e-3)  # any training loop works
+train(qat, data, epochs=2 if quick else 25, lr=3e-3)  # any training loop works
 model_q = zp.convert(qat)
 print(f"LSQ QAT W2A2 {accuracy(model_q, data.x_test, data.y_test):.2f}%")

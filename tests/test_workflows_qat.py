@@ -69,7 +69,7 @@ def test_lsq_w2a2_within_two_points_and_w3a3_within_one(
     fp32 = accuracy(model, data.x_test, data.y_test)
     rtn2 = _round_to_nearest(model, data, zp.w2a2_qat())
     rtn3 = _round_to_nearest(model, data, zp.w3a3_qat())
-    lsq2 = _qat(model, data, zp.w2a2_qat("lsq"), epochs=20)
+    lsq2 = _qat(model, data, zp.w2a2_qat("lsq"), epochs=25)
     lsq3 = _qat(model, data, zp.w3a3_qat("lsq"), epochs=15)
     print(
         f"fp32 {fp32:.2f}  W2A2: RTN {rtn2:.2f} LSQ {lsq2:.2f}  W3A3: RTN {rtn3:.2f} LSQ {lsq3:.2f}"

@@ -84,7 +84,7 @@ def run(work: Path, quick: bool = False) -> tuple[list[Row], dict[str, float]]:
         model, calib, qat_cfg.with_(learnable=None, activation_observer="minmax"), progress=False
     )
     qat = zp.prepare_qat(model, qat_cfg, example_inputs=data.x_train[:256])
-    train(qat, data, epochs=8 if quick else 20, lr=3e-3, progress="digits CNN: W2A2 QAT (LSQ)")
+    train(qat, data, epochs=8 if quick else 25, lr=3e-3, progress="digits CNN: W2A2 QAT (LSQ)")
     qat = zp.convert(qat)
     pact = zp.prepare_qat(model, zp.w2a2_qat("pact"), example_inputs=data.x_train[:256])
     train(
