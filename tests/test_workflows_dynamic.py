@@ -96,6 +96,23 @@ def test_quantize_dynamic_keeps_class_and_leaves_the_float_model(tmp_path: Path)
         assert torch.equal(restored(x), qm(x))
 
 
+def test_calibrated_modes_stay_close_to_float() -> None:
+    model = _mlp()
+    torch.manual_seed(2)
+    batches = [torch.randn(32, 64) * 3 + torch.linspace(-5, 5, 64) for _ in range(4)]
+    q = quantize_dynamic(model, calib_data=batches)  # an iterable of batches also works
+    modes = {(m.per_token, m._smoothed) for m in q.modules() if isinstance(m, DynamicQuantLinear)}
+    assert modes  # every Linear got one of the three modes
+    x = batches[0]
+    ref = model(x)
+    # the chosen modes are at least as accurate as plain per-token quantization (no data)
+    err = ((q(x) - ref) ** 2).mean()
+    err_token = ((quantize_dynamic(model)(x) - ref) ** 2).mean()
+    assert err <= err_token * 1.2
+    with pytest.raises(ValueError, match="empty"):
+        quantize_dynamic(model, calib_data=[])
+
+
 def test_bad_configs_name_the_problem() -> None:
     with pytest.raises(ValueError, match="dynamic config"):
         quantize_dynamic(_mlp(), zp.int8_static())

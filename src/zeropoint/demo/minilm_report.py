@@ -27,9 +27,10 @@ def _fp32_size(model: torch.nn.Module, directory: Path) -> int:
     return peers.file_size(path)
 
 
-def _encode_calibration(model: Any) -> None:
-    """Run the encoder on the calibration sentences (its Linear layers' inputs are recorded)."""
-    model.encode(list(CALIBRATION))
+def _encode_calibration(model: Any) -> Any:
+    """The encoder's embeddings of the calibration sentences (the Linear layers' inputs are
+    recorded on the way; the embeddings guide the search for cheaper layer modes)."""
+    return model.encode(list(CALIBRATION), convert_to_tensor=True)
 
 
 def run(work: Path, quick: bool = False) -> list[Row]:

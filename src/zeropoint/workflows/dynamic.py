@@ -8,11 +8,14 @@ The layers are swapped in a copy of the model (the float model is untouched unle
 ``inplace=True``), so the model keeps its class and its methods — e.g. a sentence-transformers
 model still has `encode`. No graph capture is needed: the quantizers live inside the layers.
 
-With ``calib_data`` (a few batches, or a function that runs the model on them) every Linear's
-input range is recorded and each layer gets the cheapest int8 mode unless a costlier one is
-clearly more accurate on those inputs: plain per tensor (bias inside fbgemm), per tensor after
-SmoothQuant-style shifting and smoothing (one element-wise pass), or per token (see
-`zeropoint.nn.dynamic`). Without data every Linear is quantized per token.
+With ``calib_data`` (a few batches, or a function that runs the model on them and returns its
+output) every Linear's input range is recorded and each layer gets the cheapest int8 mode unless
+a costlier one is clearly more accurate on those inputs — plain per tensor (bias inside fbgemm),
+per tensor after SmoothQuant-style shifting and smoothing (one element-wise pass), or per token
+(see `zeropoint.nn.dynamic`). If the model's output is a tensor, a greedy search then moves layers
+to cheaper modes while the output error on the calibration data grows by at most ``BUDGET``
+(on all-MiniLM-L6-v2 it puts attention queries and keys back to plain per-tensor). Without data
+every Linear is quantized per token.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -33,6 +37,8 @@ from zeropoint.workflows.graph import QuantState
 #: a costlier mode is chosen only where its error on the calibration inputs is below this
 #: fraction of the cheaper mode's
 GAIN = 0.7
+#: the end-to-end search may raise the model's calibration output error by this fraction
+BUDGET = 0.1
 SAMPLE_ROWS = 2048
 
 
@@ -58,30 +64,38 @@ class _InputStats:
 
 def _run_calibration(
     model: nn.Module, calib_data: Iterable[Any] | Callable[[nn.Module], Any]
-) -> None:
+) -> Tensor | None:
+    """Run the model on the calibration data; returns its outputs (flattened and concatenated)
+    when they are tensors, else None."""
     from zeropoint.workflows.static import _inputs
 
     with torch.no_grad():
         if callable(calib_data):
-            calib_data(model)
-            return
+            out = calib_data(model)
+            if isinstance(out, np.ndarray):
+                out = torch.from_numpy(out)
+            return out.detach().float().reshape(-1) if isinstance(out, Tensor) else None
+        outs: list[Tensor] = []
         n = 0
         for batch in calib_data:
             args, kwargs = _inputs(batch)
-            model(*args, **kwargs)
+            y = model(*args, **kwargs)
             n += 1
+            if isinstance(y, Tensor):
+                outs.append(y.detach().float().reshape(-1))
         if n == 0:
             raise ValueError("the calibration data is empty")
+        return torch.cat(outs) if outs else None
 
 
-def _choose(
+def _candidates(
     layer: nn.Linear, stats: _InputStats, w_scheme: Scheme, reduce_range: bool
-) -> DynamicQuantLinear:
-    """The cheapest of three int8 modes unless a costlier one is clearly more accurate on the
-    calibration sample: plain per-tensor (no extra pass), per-tensor after shifting and smoothing
-    (one element-wise pass), per-token (a reduction and two passes)."""
-    if stats.lo is None or stats.hi is None:
-        return DynamicQuantLinear(layer, w_scheme, True, reduce_range)
+) -> tuple[list[DynamicQuantLinear], int]:
+    """The three int8 modes of a layer, cheapest first — plain per-tensor (no extra pass),
+    per-tensor after shifting and smoothing (one element-wise pass), per-token (a reduction and
+    two passes) — and the index of the cheapest one not clearly less accurate (by ``GAIN``) on
+    this layer's own calibration inputs."""
+    assert stats.lo is not None and stats.hi is not None
     shift, smooth = smoothing_from_range(stats.lo, stats.hi, layer.weight)
     candidates = [
         DynamicQuantLinear(layer, w_scheme, False, reduce_range),
@@ -96,7 +110,34 @@ def _choose(
     for i in (1, 2):
         if errors[i] < GAIN * errors[best]:
             best = i
-    return candidates[best]
+    return candidates, best
+
+
+def _economise(
+    model: nn.Module,
+    choices: dict[str, tuple[list[DynamicQuantLinear], int]],
+    calib_data: Iterable[Any] | Callable[[nn.Module], Any],
+    reference: Tensor,
+) -> None:
+    """Greedy end-to-end search: from each layer's locally best mode, move layers to a cheaper
+    mode while the model's output error on the calibration data stays within (1 + BUDGET) of
+    the starting error — layers the rest of the network barely feels (attention queries and
+    keys, say) end up in the cheapest mode."""
+
+    def error() -> float:
+        out = _run_calibration(model, calib_data)
+        assert out is not None
+        return float(((out - reference) ** 2).mean())
+
+    allowed = error() * (1 + BUDGET)
+    for name, (candidates, chosen) in choices.items():
+        for cheaper in range(chosen - 1, -1, -1):
+            model.set_submodule(name, candidates[cheaper])
+            if error() <= allowed:
+                chosen = cheaper
+            else:
+                model.set_submodule(name, candidates[chosen])
+                break
 
 
 def quantize_dynamic(
@@ -139,6 +180,9 @@ def quantize_dynamic(
             f"{type(model).__name__} has no Linear or Embedding layer that the config selects"
         )
     stats: dict[str, _InputStats] = {}
+    reference: Tensor | None = None
+    if calib_data is not None and not callable(calib_data):
+        calib_data = list(calib_data)  # it may be run several times
     if calib_data is not None and config.dynamic:
         hooks = []
         for name, module, _ in targets:
@@ -146,12 +190,13 @@ def quantize_dynamic(
                 stats[name] = _InputStats()
                 hooks.append(module.register_forward_pre_hook(stats[name]))
         try:
-            _run_calibration(model, calib_data)
+            reference = _run_calibration(model, calib_data)
         finally:
             for h in hooks:
                 h.remove()
     seven_bit_weights = reduce_range == "auto" and fbgemm_saturates()
     rr = reduce_range is True
+    choices: dict[str, tuple[list[DynamicQuantLinear], int]] = {}
     for name, module, (w_scheme, a_scheme) in targets:
         assert w_scheme is not None
         new: nn.Module
@@ -159,13 +204,16 @@ def quantize_dynamic(
             new = WeightOnlyEmbedding(module, w_scheme)  # a lookup has no activation to quantize
         elif config.dynamic and a_scheme is not None:
             scheme = w_scheme.with_(bits=7) if seven_bit_weights else w_scheme
-            if name in stats:
-                new = _choose(module, stats[name], scheme, rr)
+            if name in stats and stats[name].lo is not None:
+                choices[name] = _candidates(module, stats[name], scheme, rr)
+                new = choices[name][0][choices[name][1]]
             else:
                 new = DynamicQuantLinear(module, scheme, config.per_token, rr)
         else:
             new = WeightOnlyLinear(module, w_scheme)
         model.set_submodule(name, new)
         state.layers[name] = (w_scheme, a_scheme if config.dynamic else None)
+    if choices and reference is not None and calib_data is not None:
+        _economise(model, choices, calib_data, reference)
     model.__dict__["_zeropoint"] = state
     return model
