@@ -151,10 +151,8 @@ class IntegerProgram:
                 if qp is not None and qp.scale.dim() == 0
                 else "float"
             )
-            act = f"+{s.op.act}" if s.op.act else ""
-            lines.append(
-                f"  {s.kind}{act:<6} {','.join(s.op.inputs):<28} -> {s.op.output:<20} {grid}"
-            )
+            kind = s.kind + (f"+{s.op.act}" if s.op.act else "")
+            lines.append(f"  {kind:<26} {','.join(s.op.inputs):<26} -> {s.op.output:<18} {grid}")
         if self.fallbacks:
             lines.append(f"  float fallbacks: {', '.join(self.fallbacks)}")
         return "\n".join(lines)
