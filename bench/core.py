@@ -3,7 +3,9 @@
 What is measured (all on CPU, in one run, interleaved repetition by repetition):
 
 1. Throughput of the uniform quantizer on ``torch.randn(n)`` float32 values (n = 16M by default):
-   - per-tensor int8 quantize: ``zeropoint.quantize_int(x, qp)`` vs ``torch.quantize_per_tensor``;
+   - per-tensor int8 quantize: ``zeropoint.quantize_int(x, qp)`` vs ``torch.quantize_per_tensor``,
+     and the same with ``fused=True`` (one compiled loop, `zeropoint.fused`; compiled before
+     timing), also for dequantize and the round trip;
    - per-tensor dequantize: ``zeropoint.dequantize(q, qp)`` vs ``torch_q.dequantize()``;
    - the round trip (quantize then dequantize) vs torch's pair;
    - per-channel int8 (x viewed as (4096, n // 4096), axis 0, symmetric) quantize and dequantize
@@ -188,7 +190,10 @@ def quantize_contests(x: torch.Tensor) -> tuple[list[Contest], dict[str, float]]
     # Z + r·fl(1/S), zeropoint fl(r / S); see zeropoint.functional): about 1e-6 of random values,
     # plus up to one per channel here, because the symmetric S = max|x| / 127.5 puts each
     # channel's extreme exactly on the tie −127.5.
+    q_fused = zp.quantize_int(x, qp, fused=True)  # compiles here, outside the timing
+    zp.dequantize(q_fused, qp, fused=True)
     agreement = {
+        "fused_codes_equal_eager": float((q_fused == q).double().mean()),
         "per_tensor_codes_equal": float((q == tq.int_repr()).double().mean()),
         "per_channel_codes_equal": float((qc == tqc.int_repr()).double().mean()),
     }
@@ -203,13 +208,28 @@ def quantize_contests(x: torch.Tensor) -> tuple[list[Contest], dict[str, float]]
             lambda: torch.quantize_per_tensor(x, scale, zero_point, torch.qint8),
         ),
         Contest(
+            row("quantize per-tensor, fused=True", "quantize_int(fused)", "quantize_per_tensor"),
+            lambda: zp.quantize_int(x, qp, fused=True),
+            lambda: torch.quantize_per_tensor(x, scale, zero_point, torch.qint8),
+        ),
+        Contest(
             row("dequantize per-tensor", "zp.dequantize", "QTensor.dequantize"),
             lambda: zp.dequantize(q, qp),
             lambda: tq.dequantize(),
         ),
         Contest(
+            row("dequantize per-tensor, fused=True", "dequantize(fused)", "QTensor.dequantize"),
+            lambda: zp.dequantize(q, qp, fused=True),
+            lambda: tq.dequantize(),
+        ),
+        Contest(
             row("round trip per-tensor", "quantize_int+dequantize", "quantize_per_tensor+deq"),
             lambda: zp.dequantize(zp.quantize_int(x, qp), qp),
+            lambda: torch.quantize_per_tensor(x, scale, zero_point, torch.qint8).dequantize(),
+        ),
+        Contest(
+            row("round trip per-tensor, fused=True", "fused q+dq", "quantize_per_tensor+deq"),
+            lambda: zp.dequantize(zp.quantize_int(x, qp, fused=True), qp, fused=True),
             lambda: torch.quantize_per_tensor(x, scale, zero_point, torch.qint8).dequantize(),
         ),
         Contest(
