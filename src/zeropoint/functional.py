@@ -118,7 +118,7 @@ def quantize_int(
     (int8/uint8 for ≤ 8 bits, int16/int32 above).
 
     ``fused=True`` runs large per-tensor, half-to-even, ≤ 16-bit cases as one compiled pass
-    (`zeropoint.fused`: the same codes, ~3-4x faster, compiled on first use)."""
+    (`zeropoint.fused`: the same codes, ~2-2.7x faster, compiled on first use)."""
     check_tensor(x, "tensor to quantize")
     scheme = qparams.scheme
     scale, zero_point, view_shape = qparams.broadcast(x.shape)
