@@ -19,14 +19,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[onnx,plots,models,dev]'
+	# the repository root (demo/: main job, model zoo, peers) is importable in this venv only
+	$(BIN)/python -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'zeropoint-repo.pth').write_text('$(CURDIR)\\n')"
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/zeropoint demo
+	$(BIN)/python -m demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples demo
+	$(BIN)/ruff format --check src tests bench examples demo
 
 typecheck: $(STAMP)
 	$(BIN)/mypy src

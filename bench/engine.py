@@ -210,7 +210,7 @@ def _ort_program(model_q: torch.nn.Module, x: torch.Tensor) -> Callable[[], obje
 def digits_cnn_latency(reps: int, batches: tuple[int, ...] = (1, 64)) -> dict | None:
     """End-to-end latency of the integer digits CNN against the fp32 model it came from.
 
-    The seeded sklearn-digits CNN (`zeropoint.zoo.digits`) is trained briefly (3 epochs, seed 0),
+    The seeded sklearn-digits CNN (`demo.zoo.digits`) is trained briefly (3 epochs, seed 0),
     quantized with ``zp.quantize_static`` on its calibration batches and lowered with
     ``zp.to_integer``; then, per batch size, ``program(x)`` (float in → quantize → integer steps
     → dequantize → float out), the fp32 model and ONNX Runtime on the QDQ export run interleaved
@@ -218,7 +218,7 @@ def digits_cnn_latency(reps: int, batches: tuple[int, ...] = (1, 64)) -> dict | 
     (median seconds per call), or None without scikit-learn.
     """
     try:
-        from zeropoint.zoo.digits import DigitsCNN, load_digits_data, train
+        from demo.zoo.digits import DigitsCNN, load_digits_data, train
     except ImportError:
         return None
     import zeropoint as zp

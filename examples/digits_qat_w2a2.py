@@ -8,7 +8,7 @@ import sys
 import torch
 
 import zeropoint as zp
-from zeropoint.zoo.digits import DigitsCNN, accuracy, load_digits_data, train
+from demo.zoo.digits import DigitsCNN, accuracy, load_digits_data, train
 
 quick = "--quick" in sys.argv
 torch.manual_seed(0)

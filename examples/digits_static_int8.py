@@ -11,7 +11,7 @@ import onnxruntime as ort
 import torch
 
 import zeropoint as zp
-from zeropoint.zoo.digits import DigitsCNN, accuracy, load_digits_data, train
+from demo.zoo.digits import DigitsCNN, accuracy, load_digits_data, train
 
 quick = "--quick" in sys.argv
 torch.manual_seed(0)

@@ -4,9 +4,9 @@ python examples/minilm_dynamic_int8.py
 """
 
 import zeropoint as zp
-from zeropoint.peers import torch_ao_dynamic_int8
-from zeropoint.zoo.minilm import load_minilm
-from zeropoint.zoo.sentences import CALIBRATION, SENTENCES, mean_cosine, nearest_neighbour_agreement
+from demo.peers import torch_ao_dynamic_int8
+from demo.zoo.minilm import load_minilm
+from demo.zoo.sentences import CALIBRATION, SENTENCES, mean_cosine, nearest_neighbour_agreement
 
 model = load_minilm()
 sentences = list(SENTENCES)

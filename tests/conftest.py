@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zeropoint.zoo.digits import DigitsCNN, DigitsData, load_digits_data, train
+from demo.zoo.digits import DigitsCNN, DigitsData, load_digits_data, train
 
 # One thread everywhere: it also makes training in the tests reproducible (the float summation
 # order, hence the trajectory of QAT at 2 bits, depends on the thread count).

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import zeropoint as zp
+from demo.zoo.digits import DigitsCNN, DigitsData, accuracy
 from zeropoint.engine import IntegerProgram, to_integer
-from zeropoint.zoo.digits import DigitsCNN, DigitsData, accuracy
 
 
 @pytest.fixture(scope="module")

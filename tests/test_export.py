@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import zeropoint as zp
-from zeropoint.zoo.digits import DigitsCNN, DigitsData, accuracy
+from demo.zoo.digits import DigitsCNN, DigitsData, accuracy
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The peers' quantizers (torch.ao, ONNX Runtime) behind `zeropoint.peers`.
+"""The peers' quantizers (torch.ao, ONNX Runtime) behind `demo.peers`.
 
 Each wrapper must return something that runs and, on a model where int8 is known to be benign (a
 small conv stack with batch norm, no ConvTranspose, trained briefly on the digits), stays close
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zeropoint import peers
-from zeropoint.zoo.digits import DigitsData, accuracy, load_digits_data, train
+from demo import peers
+from demo.zoo.digits import DigitsData, accuracy, load_digits_data, train
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -310,8 +310,8 @@ def test_latency_is_a_median() -> None:
 @pytest.fixture(scope="module")
 def minilm_setup(tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("sentence_transformers")
-    from zeropoint.zoo.minilm import load_minilm
-    from zeropoint.zoo.sentences import SENTENCES
+    from demo.zoo.minilm import load_minilm
+    from demo.zoo.sentences import SENTENCES
 
     model = load_minilm()
     step = max(1, len(SENTENCES) // 64)
@@ -324,7 +324,7 @@ def minilm_setup(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.slow
 def test_minilm_fp32_onnx_reproduces_sentence_transformers(minilm_setup) -> None:
-    from zeropoint.zoo.sentences import mean_cosine
+    from demo.zoo.sentences import mean_cosine
 
     model, evaluate, _, ref, path = minilm_setup
     out = peers.ort_minilm_encoder(path, model)(evaluate)
@@ -341,7 +341,7 @@ def test_minilm_ort_dynamic_and_static_int8(minilm_setup, tmp_path: Path) -> Non
     import onnx
     from onnx import numpy_helper
 
-    from zeropoint.zoo.sentences import mean_cosine
+    from demo.zoo.sentences import mean_cosine
 
     model, evaluate, calibrate, ref, path = minilm_setup
     dyn = peers.ort_dynamic_int8(path, tmp_path / "dyn.onnx")

@@ -124,8 +124,8 @@ def test_bad_configs_name_the_problem() -> None:
 
 @pytest.mark.slow
 def test_minilm_dynamic_int8_keeps_embeddings() -> None:
-    from zeropoint.zoo.minilm import load_minilm
-    from zeropoint.zoo.sentences import (
+    from demo.zoo.minilm import load_minilm
+    from demo.zoo.sentences import (
         CALIBRATION,
         SENTENCES,
         mean_cosine,
@@ -147,7 +147,7 @@ def test_minilm_dynamic_int8_keeps_embeddings() -> None:
     assert len(sentences) >= 200
     assert mean >= 0.995 and agreement >= 0.95
     # the peer, for reference: torch.ao's dynamic int8 is far less accurate on the same set
-    from zeropoint.peers import torch_ao_dynamic_int8
+    from demo.peers import torch_ao_dynamic_int8
 
     peer = torch_ao_dynamic_int8(model).encode(sentences, batch_size=32, convert_to_tensor=True)
     assert mean_cosine(ref, peer)[0] < mean

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import zeropoint as zp
+from demo.zoo.digits import DigitsCNN, DigitsData, accuracy, train
 from zeropoint.nn import LSQ, PACT, LSQPlus
 from zeropoint.nn.convbn import QuantConvBn2d
 from zeropoint.nn.learnable import pact_regularizer
 from zeropoint.workflows.graph import state_of
-from zeropoint.zoo.digits import DigitsCNN, DigitsData, accuracy, train
 
 
 def _qat(model: DigitsCNN, data: DigitsData, config: zp.QuantConfig, epochs: int) -> float:

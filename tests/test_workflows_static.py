@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import zeropoint as zp
+from demo.zoo.digits import DigitsCNN, DigitsData, accuracy
 from zeropoint.nn import FakeQuant, QuantConv2d, QuantConvTranspose2d, QuantLinear
 from zeropoint.workflows.config import LayerRule, QuantConfig, int8_static
 from zeropoint.workflows.graph import state_of
@@ -17,7 +18,6 @@ from zeropoint.workflows.static import (
     prepare,
     quantize_static,
 )
-from zeropoint.zoo.digits import DigitsCNN, DigitsData, accuracy
 
 
 def test_quantizers_sit_on_every_integer_edge(digits: tuple[DigitsCNN, DigitsData]) -> None:

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 
 import zeropoint as zp
-from zeropoint import peers
+from demo import peers
+from demo.zoo.digits import DigitsCNN, accuracy, load_digits_data, train
 from zeropoint.engine import to_integer
 from zeropoint.nn.learnable import pact_regularizer
 from zeropoint.report.timing import interleaved_latency
-from zeropoint.zoo.digits import DigitsCNN, accuracy, load_digits_data, train
 
 OBSERVERS = ("minmax", "percentile", "entropy", "mse", "aciq")
 

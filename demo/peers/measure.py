@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from zeropoint.peers.common import _check_module
-from zeropoint.peers.torch_ao import _quiet_torch_ao
+from demo.peers.common import _check_module
+from demo.peers.torch_ao import _quiet_torch_ao
 
 
 def file_size(path: str | os.PathLike[str]) -> int:

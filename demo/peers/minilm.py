@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zeropoint.peers.common import _MINILM_INPUTS, ONNX_OPSET
-from zeropoint.peers.onnxruntime import ort_session
+from demo.peers.common import _MINILM_INPUTS, ONNX_OPSET
+from demo.peers.onnxruntime import ort_session
 from zeropoint.report.files import atomic_path
 
 
@@ -107,11 +107,11 @@ def ort_minilm_encoder(
 
     (mean pooling of ``last_hidden_state`` h over the attention mask m, then L2 normalisation),
     after tokenizing with ``model.tokenizer`` exactly as ``model.encode`` does. ``model`` is the
-    sentence-transformer (``zeropoint.zoo.minilm.load_minilm()`` when None), used only for its
+    sentence-transformer (``demo.zoo.minilm.load_minilm()`` when None), used only for its
     tokenizer. Returns a function from a list of strings to an ``(n, 384)`` float32 tensor.
     """
     if model is None:
-        from zeropoint.zoo.minilm import load_minilm
+        from demo.zoo.minilm import load_minilm
 
         model = load_minilm()
     session = ort_session(path, threads)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zeropoint.peers.common import TorchAOBackend, _as_tuple, _check_batches, _check_module
+from demo.peers.common import TorchAOBackend, _as_tuple, _check_batches, _check_module
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ def real_tensors() -> dict[str, Tensor]:
     """Named real tensors to quantize (MiniLM weights when available)."""
     tensors: dict[str, Tensor] = {}
     try:
-        from zeropoint.zoo.minilm import load_minilm
+        from demo.zoo.minilm import load_minilm
 
         model = load_minilm()
         bert = model[0].auto_model

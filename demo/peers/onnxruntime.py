@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from zeropoint.peers.common import (
+from demo.peers.common import (
     ONNX_OPSET,
     Batch,
     OrtCalibration,
@@ -199,7 +199,7 @@ def ort_session(path: str | os.PathLike[str], threads: int = 1) -> Any:
 def ort_runner(session: Any) -> Callable[[Tensor], Tensor]:
     """A function from a torch batch to the session's first output as a torch tensor (for a
     one-input model such as ``export_fp32_onnx`` writes), e.g. for
-    ``zeropoint.zoo.digits.accuracy(ort_runner(s), x, y)``."""
+    ``demo.zoo.digits.accuracy(ort_runner(s), x, y)``."""
     names = [i.name for i in session.get_inputs()]
     if len(names) != 1:
         raise ValueError(f"ort_runner needs a one-input model, this one has inputs {names}")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from zeropoint.demo import digits_report, minilm_report
-from zeropoint.demo.digits_report import Row
+from demo import digits_report, minilm_report
+from demo.digits_report import Row
 from zeropoint.report.files import atomic_write_bytes, atomic_write_text, check_writable_dir
 from zeropoint.report.tables import format_table
 

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 
 import zeropoint as zp
-from zeropoint import peers
-from zeropoint.demo.digits_report import Row
+from demo import peers
+from demo.digits_report import Row
+from demo.zoo.minilm import load_minilm
+from demo.zoo.sentences import CALIBRATION, SENTENCES, mean_cosine, nearest_neighbour_agreement
 from zeropoint.report.timing import interleaved_latency
-from zeropoint.zoo.minilm import load_minilm
-from zeropoint.zoo.sentences import CALIBRATION, SENTENCES, mean_cosine, nearest_neighbour_agreement
 
 
 def _fp32_size(model: torch.nn.Module, directory: Path) -> int:

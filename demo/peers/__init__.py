@@ -19,20 +19,20 @@ in_channels ≠ out_channels, and ``fbgemm``'s is wrong and non-deterministic fo
 (see ``torch_ao_static_int8``); ``qnnpack``'s is correct.
 """
 
-from zeropoint.peers.measure import file_size, latency, state_dict_size
-from zeropoint.peers.minilm import (
+from demo.peers.measure import file_size, latency, state_dict_size
+from demo.peers.minilm import (
     export_minilm_onnx,
     minilm_calibration_batches,
     ort_minilm_encoder,
 )
-from zeropoint.peers.onnxruntime import (
+from demo.peers.onnxruntime import (
     export_fp32_onnx,
     ort_dynamic_int8,
     ort_runner,
     ort_session,
     ort_static_int8,
 )
-from zeropoint.peers.torch_ao import torch_ao_dynamic_int8, torch_ao_static_int8
+from demo.peers.torch_ao import torch_ao_dynamic_int8, torch_ao_static_int8
 
 __all__ = [
     "export_fp32_onnx",

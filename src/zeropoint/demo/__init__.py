@@ -1,1 +1,0 @@
-"""`zeropoint demo` (the main job) and `zeropoint tour` (tensor-level tour)."""
