@@ -69,7 +69,8 @@ class QuantConfig:
     learnable: QAT quantizers — None (fake quant with moving-average min-max observers),
         "lsq", "lsq+" or "pact" (PACT for activations, LSQ for weights).
     first_last_bits: QAT at low widths often keeps the first and last layers at 8 bits; set to 8
-        to do that (None: every layer at the config's widths).
+        to do that: the weights and output quantizers of the first and last quantized layers and
+        the quantizers of the model's inputs (None: every layer at the config's widths).
     """
 
     weight: Scheme | None = INT8_WEIGHT

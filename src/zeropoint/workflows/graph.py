@@ -296,9 +296,13 @@ def _place_activation_quantizers(
             if arg not in quantized and arg.op != "get_attr":
                 insert_after(arg, scheme_for(node))
 
+    # first_last_bits covers the model's inputs too: the first layer reads them
+    input_scheme = (
+        default.with_(bits=config.first_last_bits) if config.first_last_bits else default
+    )
     for node in list(graph.nodes):
         if node.op == "placeholder":
-            insert_after(node, default)
+            insert_after(node, input_scheme)
         elif node.op == "call_module" and str(node.target) in layers:
             quantize_inputs(node)
             users = list(node.users)
