@@ -1,0 +1,113 @@
+"""Helpers every operator-table entry shares: grids as (S, Z, dtype), the codes of a fused clip,
+the output requantizer, and the 256 levels of an 8-bit grid (the domain of every table)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from zeropoint.engine.requantize import Requantizer
+from zeropoint.functional import dequantize_int, quantize_int
+from zeropoint.qparams import QParams
+
+if TYPE_CHECKING:  # avoids an import cycle with lowering
+    from zeropoint.lowering import QGraph, QOp
+
+
+def engine_dtype(qp: QParams, what: str = "tensor") -> torch.dtype:
+    """int8 / uint8: the container of a ≤ 8-bit grid (the engine runs 8-bit activations)."""
+    if qp.scheme.bits > 8:
+        raise ValueError(f"{what}: the integer engine runs ≤ 8-bit activations, got {qp.scheme}")
+    return torch.int8 if qp.scheme.signed else torch.uint8
+
+
+def grid(qp: QParams | None, what: str) -> tuple[float, int]:
+    """(S, Z) of a per-tensor grid; a clear error for a float or per-channel edge."""
+    if qp is None:
+        raise ValueError(f"{what} is not quantized: the integer engine needs its (S, Z)")
+    if qp.scale.dim() != 0:
+        raise ValueError(f"{what} is quantized per channel: activations must be per tensor")
+    return float(qp.scale), int(qp.zero_point)
+
+
+def clip_codes(op: QOp) -> tuple[int, int]:
+    """[qmin, qmax] of the op's output codes, narrowed by a fused clip (lo, hi) in real units.
+
+    The codes of lo and hi are those the simulation's quantizer gives them, so clamping codes
+    equals quantizing the clipped value: Q(clamp(y, lo, hi)) = clamp(Q(y), Q(lo), Q(hi)) since
+    Q (divide, round, clamp) is monotone."""
+    qp = op.out_qparams
+    assert qp is not None
+    qmin, qmax = qp.scheme.qrange
+    if op.clip is None:
+        return qmin, qmax
+    lo, hi = op.clip
+    bounds = torch.tensor([max(lo, -3.0e38), min(hi, 3.0e38)], dtype=torch.float32)
+    q = quantize_int(bounds, qp)
+    return max(qmin, int(q[0])), min(qmax, int(q[1]))
+
+
+def output_requantizer(op: QOp, multiplier: float | Tensor, rounding: str) -> Requantizer:
+    """clamp(Z_y + MBQM(acc, M), clip codes) to the op's output container."""
+    qp = op.out_qparams
+    assert qp is not None
+    dtype = engine_dtype(qp, f"output of {op.where or op.output}")
+    lo, hi = clip_codes(op)
+    return Requantizer.from_multiplier(
+        multiplier,
+        int(qp.zero_point),
+        dtype,
+        lo,
+        hi,
+        rounding,  # type: ignore[arg-type]
+    )
+
+
+def levels(qp: QParams) -> Tensor:
+    """The real values of all 256 codes of an 8-bit grid, indexed by the code's byte
+    (two's complement for int8: byte 255 is the code −1), as the simulation computes them."""
+    dtype = engine_dtype(qp)
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(dtype)
+    lo, hi = qp.scheme.qrange
+    return dequantize_int(codes.to(torch.int32).clamp(lo, hi), qp)
+
+
+def table_codes(values: Tensor, op: QOp) -> Tensor:
+    """The output codes of ``values`` (the op's float results on levels): the simulation's
+    quantizer, then the fused clip, in the output container."""
+    qp = op.out_qparams
+    assert qp is not None
+    lo, hi = clip_codes(op)
+    q = quantize_int(values.float(), qp).to(torch.int32).clamp(lo, hi)
+    return q.to(engine_dtype(qp))
+
+
+def byte_index(q: Tensor) -> Tensor:
+    """The byte of each 8-bit code as an int32 index (two's complement for int8)."""
+    return q.view(torch.uint8).to(torch.int32)
+
+
+def gather(table: Tensor, index: Tensor) -> Tensor:
+    """table[index] in the index's memory format (channels-last stays channels-last)."""
+    from zeropoint.engine.elementwise import gather as ew_gather
+
+    return ew_gather(table, index)
+
+
+def graph_edge(graph: QGraph, edge: str) -> QParams | None:
+    return graph.edges[edge]
+
+
+__all__ = [
+    "byte_index",
+    "clip_codes",
+    "engine_dtype",
+    "gather",
+    "graph_edge",
+    "grid",
+    "levels",
+    "output_requantizer",
+    "table_codes",
+]

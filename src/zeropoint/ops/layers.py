@@ -1,0 +1,308 @@
+"""Weighted layers: Linear, Conv1d/2d (groups, depthwise, stride, dilation, every padding mode),
+ConvTranspose1d/2d and the per-channel affine a batch norm becomes when it cannot be folded.
+
+    acc = Σ (q_x − Z_x)·q_w + q_b            (int32; q_b at S_b = S_x·S_w, `zeropoint.bias`)
+    q_y = clamp(Z_y + round(acc·M), clip)    M = S_x·S_w / S_y as M0·2^−n (`engine.requantize`)
+
+Lowering stores the integer weight and bias codes (computed once, from `QuantMixin.weight_qparams`
+— the same scales the simulation uses); 1-D layers run on the 2-D kernels with a unit height.
+Padding other than zeros (reflect, replicate, circular) and asymmetric "same" padding copy codes
+before a convolution without padding, exactly as torch pads before its convolution.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from zeropoint.bias import bias_safe_weight_qparams, quantize_bias
+from zeropoint.engine import conv as conv_k
+from zeropoint.engine import conv_transpose as convt_k
+from zeropoint.engine import kernels as lin_k
+from zeropoint.functional import quantize_int
+from zeropoint.nn.modules import (
+    QuantChannelAffine,
+    QuantConv1d,
+    QuantConv2d,
+    QuantConvTranspose1d,
+    QuantConvTranspose2d,
+    QuantLinear,
+    QuantMixin,
+    frozen_qparams,
+)
+from zeropoint.ops.common import grid, output_requantizer
+from zeropoint.ops.movement import pad_codes
+from zeropoint.ops.spec import Kernel, OpSpec
+
+if TYPE_CHECKING:
+    from zeropoint.lowering import LowerContext, QGraph, QOp
+
+
+def _tuple(v: Any, n: int) -> list[int]:
+    return [int(v)] * n if isinstance(v, int) else [int(i) for i in v]
+
+
+def _weights(ctx: LowerContext) -> dict[str, Any]:
+    """Integer weight and bias codes of the layer, with the scales the simulation uses."""
+    m = ctx.module
+    assert isinstance(m, QuantMixin)
+    x_qp = ctx.in_qparams()
+    base = frozen_qparams(m.weight_quant)
+    if base is None:
+        raise ValueError(
+            f"layer {ctx.where}: its weight quantizer is not frozen (convert the model first)"
+        )
+    sim_x = m.input_qparams()
+    if sim_x is None or x_qp is None or not torch.equal(sim_x.scale, x_qp.scale):
+        raise ValueError(
+            f"layer {ctx.where}: its simulation does not see the grid of its input, so its bias "
+            "would differ from the integer program's (re-run zp.prepare / zp.quantize_static)"
+        )
+    bias = m._parameters.get("bias")
+    w_qp = bias_safe_weight_qparams(base, bias, x_qp, ctx.where)
+    scheme = w_qp.scheme
+    if scheme.bits > 8 or not scheme.symmetric or int(w_qp.zero_point.abs().max()) != 0:
+        raise ValueError(
+            f"layer {ctx.where}: the integer engine needs symmetric ≤ 8-bit weights, got {scheme}"
+        )
+    if scheme.group_size is not None:
+        raise ValueError(f"layer {ctx.where}: group-wise weights have no integer kernel")
+    q_w = quantize_int(m.float_weight.detach(), w_qp).to(torch.int8)
+    attrs: dict[str, Any] = {"q_w": q_w, "w_scale": w_qp.scale.clone(), "w_axis": w_qp.axis}
+    if bias is not None:
+        attrs["q_b"] = quantize_bias(bias, x_qp, w_qp)[1]
+    return attrs
+
+
+def _conv_geometry(ctx: LowerContext, dims: int) -> dict[str, Any]:
+    m: Any = ctx.module
+    kernel = _tuple(m.kernel_size, dims)
+    dilation = _tuple(m.dilation, dims)
+    if isinstance(m.padding, str):  # "same" / "valid": torch pads total d·(k−1), extra at the end
+        total = [d * (k - 1) if m.padding == "same" else 0 for d, k in zip(dilation, kernel)]
+        begin = [t // 2 for t in total]
+        end = [t - b for t, b in zip(total, begin)]
+    else:
+        begin = end = _tuple(m.padding, dims)
+    return {
+        "stride": _tuple(m.stride, dims), "dilation": dilation, "groups": int(m.groups),
+        "pads": begin + end, "pad_mode": str(m.padding_mode), "dims": dims,
+    }  # fmt: skip
+
+
+def _lower_conv(dims: int) -> Any:
+    def lower(ctx: LowerContext) -> dict[str, Any]:
+        return {**_weights(ctx), **_conv_geometry(ctx, dims)}
+
+    return lower
+
+
+def _lower_conv_transpose(dims: int) -> Any:
+    def lower(ctx: LowerContext) -> dict[str, Any]:
+        m: Any = ctx.module
+        out = ctx.shape
+        return {
+            **_weights(ctx), "dims": dims, "stride": _tuple(m.stride, dims),
+            "padding": _tuple(m.padding, dims), "dilation": _tuple(m.dilation, dims),
+            "groups": int(m.groups), "output_padding": _output_padding(ctx, dims, out),
+        }  # fmt: skip
+
+    return lower
+
+
+def _output_padding(ctx: LowerContext, dims: int, out: tuple[int, ...]) -> list[int]:
+    """The output padding torch used (explicit, or implied by an output_size argument)."""
+    m: Any = ctx.module
+    in_shape = ctx.shapes[ctx.inputs[0]]
+    pads = []
+    for i in range(dims):
+        s, p, d = _tuple(m.stride, dims)[i], _tuple(m.padding, dims)[i], _tuple(m.dilation, dims)[i]
+        k = _tuple(m.kernel_size, dims)[i]
+        natural = (in_shape[2 + i] - 1) * s - 2 * p + d * (k - 1) + 1
+        pads.append(int(out[2 + i]) - natural)
+    return pads
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+def _multiplier(op: QOp, graph: QGraph, channels: int) -> Tensor:
+    s_x = grid(graph.edges[op.inputs[0]], f"input of {op.where}")[0]
+    assert op.out_qparams is not None
+    s_y = grid(op.out_qparams, f"output of {op.where}")[0]
+    m = op.attrs["w_scale"].double().reshape(-1) * s_x / s_y
+    return m.expand(channels).clone() if m.numel() == 1 else m
+
+
+def _conv_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
+    a = op.attrs
+    dims = int(a["dims"])
+    q_w: Tensor = a["q_w"]
+    z_x = grid(graph.edges[op.inputs[0]], f"input of {op.where}")[1]
+    rq = output_requantizer(op, _multiplier(op, graph, q_w.shape[0]), rounding)
+    pads, mode = list(a["pads"]), str(a["pad_mode"])
+    begin, end = pads[:dims], pads[dims:]
+    native = mode == "zeros" and begin == end
+    w4 = q_w if dims == 2 else q_w.unsqueeze(2)
+    stride, dilation = list(a["stride"]), list(a["dilation"])
+    if dims == 1:
+        stride, dilation = [1, *stride], [1, *dilation]
+    padding = (begin if dims == 2 else [0, *begin]) if native else [0, 0]
+    weights = conv_k.prepare_conv2d(
+        w4, a.get("q_b"), tuple(stride), tuple(padding), tuple(dilation), int(a["groups"])
+    )  # type: ignore[arg-type]
+    torch_pad = [p for i in reversed(range(dims)) for p in (begin[i], end[i])]
+
+    def run(x: list[Tensor]) -> Tensor:
+        q = x[0] if native else pad_codes(x[0], torch_pad, mode, z_x)
+        q4 = q if dims == 2 else q.unsqueeze(2)
+        y = conv_k.conv2d_nchw(q4, z_x, weights, rq)
+        return y if dims == 2 else y.squeeze(2)
+
+    return run
+
+
+def _conv_transpose_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
+    a = op.attrs
+    dims = int(a["dims"])
+    q_w: Tensor = a["q_w"]
+    groups = int(a["groups"])
+    z_x = grid(graph.edges[op.inputs[0]], f"input of {op.where}")[1]
+    rq = output_requantizer(op, _multiplier(op, graph, q_w.shape[1] * groups), rounding)
+
+    def pair(key: str, fill: int) -> tuple[int, int]:
+        v = [int(i) for i in a[key]]
+        return (v[0], v[1]) if dims == 2 else (fill, v[0])
+
+    w4 = q_w if dims == 2 else q_w.unsqueeze(2)
+    weights = convt_k.prepare_conv_transpose2d(
+        w4, a.get("q_b"), pair("stride", 1), pair("padding", 0), pair("output_padding", 0),
+        groups, pair("dilation", 1),
+    )  # fmt: skip
+
+    def run(x: list[Tensor]) -> Tensor:
+        q4 = x[0] if dims == 2 else x[0].unsqueeze(2)
+        y = convt_k.conv_transpose2d_nchw(q4, z_x, weights, rq)
+        return y if dims == 2 else y.squeeze(2)
+
+    return run
+
+
+def _linear_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
+    q_w: Tensor = op.attrs["q_w"]
+    z_x = grid(graph.edges[op.inputs[0]], f"input of {op.where}")[1]
+    rq = output_requantizer(op, _multiplier(op, graph, q_w.shape[0]), rounding)
+    weights = lin_k.prepare_linear(q_w, op.attrs.get("q_b"))
+    return lambda x: lin_k.linear(x[0], z_x, weights, rq)
+
+
+def _affine_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
+    """acc_c = q_w,c·(q_x − Z_x) + q_b,c per channel (dimension 1), then the requantizer."""
+    q_w: Tensor = op.attrs["q_w"]
+    z_x = grid(graph.edges[op.inputs[0]], f"input of {op.where}")[1]
+    rq = output_requantizer(op, _multiplier(op, graph, q_w.shape[0]), rounding)
+    w = q_w.to(torch.int64)
+    b = op.attrs["q_b"].to(torch.int64)
+
+    def run(x: list[Tensor]) -> Tensor:
+        q = x[0]
+        view = [1, -1] + [1] * (q.dim() - 2)
+        acc = (q.to(torch.int64) - z_x) * w.view(view) + b.view(view)
+        return rq.apply(acc, 1, bound=None)
+
+    return run
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+
+def _weight_inputs(b: Any, op: QOp, graph: QGraph, x: str, transposed: bool = False) -> list[str]:
+    """[x, DQ(weight codes), DQ(int32 bias codes)]; ``transposed``: a 2-D weight as (K, N), its
+    per-output-channel scales on axis 1 (MatMul's layout)."""
+    from zeropoint.bias import bias_qparams
+    from zeropoint.qparams import QParams, Scheme
+
+    a = op.attrs
+    scale: Tensor = a["w_scale"]
+    codes: Tensor = a["q_w"]
+    axis = a["w_axis"]
+    scheme = Scheme(bits=8, symmetric=True, axis=axis)
+    qp = QParams(scale, torch.zeros_like(scale, dtype=torch.int32), scheme, axis)
+    stored_qp = qp
+    if transposed:
+        codes = codes.t().contiguous()
+        if axis is not None:
+            stored_qp = QParams(qp.scale, qp.zero_point, scheme.with_(axis=1), 1)
+    inputs = [x, b.dq_const(codes, stored_qp, f"{op.output}_weight", b.int_type(qp))]
+    if "q_b" in a:
+        x_qp = graph.edges[op.inputs[0]]
+        assert x_qp is not None
+        inputs.append(b.dq_const(a["q_b"], bias_qparams(x_qp, qp), f"{op.output}_bias", b.INT32))
+    return inputs
+
+
+def _emit_conv(b: Any, op: QOp, graph: QGraph, ins: list[str]) -> str:
+    a = op.attrs
+    dims = int(a["dims"])
+    pads, mode = list(a["pads"]), str(a["pad_mode"])
+    x = ins[0]
+    if mode != "zeros":  # pad the codes (DQ → Pad → Q: an integer Pad in ONNX Runtime)
+        onnx_mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[mode]
+        pad_all = np.array([0, 0, *pads[:dims], 0, 0, *pads[dims:]], dtype=np.int64)
+        x = b.node("Pad", [x, b.const("pads", pad_all)], mode=onnx_mode)
+        x = b.qdq(x, graph.edges[op.inputs[0]], b.name(f"{op.output}_padded"))
+        pads = [0] * (2 * dims)
+    attrs = {"strides": a["stride"], "dilations": a["dilation"], "group": a["groups"],
+             "pads": pads}  # fmt: skip
+    return b.node("Conv", _weight_inputs(b, op, graph, x), **attrs)  # type: ignore[no-any-return]
+
+
+def _emit_conv_transpose(b: Any, op: QOp, graph: QGraph, ins: list[str]) -> str:
+    a = op.attrs
+    attrs = {"strides": a["stride"], "dilations": a["dilation"], "group": a["groups"],
+             "pads": list(a["padding"]) * 2, "output_padding": a["output_padding"]}  # fmt: skip
+    return b.node("ConvTranspose", _weight_inputs(b, op, graph, ins[0]), **attrs)  # type: ignore[no-any-return]
+
+
+def _emit_linear(b: Any, op: QOp, graph: QGraph, ins: list[str]) -> str:
+    if len(graph.shapes[op.inputs[0]]) == 2:
+        return b.node("Gemm", _weight_inputs(b, op, graph, ins[0]), transB=1)  # type: ignore[no-any-return]
+    inputs = _weight_inputs(b, op, graph, ins[0], transposed=True)
+    y = b.node("MatMul", inputs[:2])
+    return y if len(inputs) < 3 else b.node("Add", [y, inputs[2]])  # type: ignore[no-any-return]
+
+
+def _emit_affine(b: Any, op: QOp, graph: QGraph, ins: list[str]) -> str:
+    w, bias = _weight_inputs(b, op, graph, ins[0])[1:]
+    rank = len(graph.shapes[op.inputs[0]])
+    shape = b.const("channel_shape", np.array([-1] + [1] * (rank - 2), dtype=np.int64))
+    w = b.node("Reshape", [w, shape])
+    y = b.node("Mul", [ins[0], w])
+    return b.node("Add", [y, b.node("Reshape", [bias, shape])])  # type: ignore[no-any-return]
+
+
+SPECS = [
+    OpSpec("linear", "layer", modules=(QuantLinear,), lower=_weights, kernel=_linear_kernel,
+           emit=_emit_linear, fuses_clip=True, doc="y = x Wᵀ + b"),
+    OpSpec("conv1d", "layer", modules=(QuantConv1d,), lower=_lower_conv(1),
+           kernel=_conv_kernel, emit=_emit_conv, fuses_clip=True, doc="1-D convolution"),
+    OpSpec("conv2d", "layer", modules=(QuantConv2d,), lower=_lower_conv(2),
+           kernel=_conv_kernel, emit=_emit_conv, fuses_clip=True, doc="2-D convolution"),
+    OpSpec("conv_transpose1d", "layer", modules=(QuantConvTranspose1d,),
+           lower=_lower_conv_transpose(1), kernel=_conv_transpose_kernel,
+           emit=_emit_conv_transpose, fuses_clip=True, doc="1-D transposed convolution"),
+    OpSpec("conv_transpose2d", "layer", modules=(QuantConvTranspose2d,),
+           lower=_lower_conv_transpose(2), kernel=_conv_transpose_kernel,
+           emit=_emit_conv_transpose, fuses_clip=True, doc="2-D transposed convolution"),
+    OpSpec("channel_affine", "layer", modules=(QuantChannelAffine,), lower=_weights,
+           kernel=_affine_kernel, emit=_emit_affine, fuses_clip=True,
+           doc="y = w_c·x + b_c per channel (a batch norm that could not be folded)"),
+]  # fmt: skip
+
+#: float layer type → what the instrumentation swaps in (the layers of this table)
+LAYER_TYPES: tuple[type[nn.Module], ...] = tuple(
+    t for s in SPECS for t in s.modules if t is not QuantChannelAffine
+)
