@@ -57,6 +57,8 @@ class QGraph:
     outputs: list[str]
     shapes: dict[str, tuple[int, ...]]
     capture: str = "fx"
+    #: edge → the fx node of the simulation whose output holds that edge's (quantized) value
+    sim_nodes: dict[str, str] = field(default_factory=dict)
 
     @property
     def fallbacks(self) -> list[QOp]:
@@ -175,6 +177,7 @@ class _Builder:
         self.producer: dict[str, QOp] = {}
         self.inputs: list[str] = []
         self.outputs: list[str] = []
+        self.sim_nodes: dict[str, str] = {}
 
     # ------------------------------------------------------------------ helpers
     def add(self, op: QOp) -> QOp:
@@ -212,7 +215,8 @@ class _Builder:
         for node in self.gm.graph.nodes:
             self.visit(node)
         self.finish()
-        return QGraph(self.ops, self.edges, self.inputs, self.outputs, self.shapes)
+        sim = {op.output: self.sim_nodes.get(op.output, op.output) for op in self.ops}
+        return QGraph(self.ops, self.edges, self.inputs, self.outputs, self.shapes, "fx", sim)
 
     def visit(self, node: fx.Node) -> None:
         module = self.root.get_submodule(str(node.target)) if node.op == "call_module" else None
@@ -280,6 +284,7 @@ class _Builder:
             pending.out_qparams = qp  # the producer writes straight onto this grid
             self.edges[src] = qp
             self.alias[node] = src
+            self.sim_nodes[src] = node.name
             return
         kind = "quantize" if self.edges[src] is None else "requantize"
         self.alias[node] = self.add(

@@ -232,10 +232,14 @@ class _OneNode(torch.nn.Module):
 
 def to_onnx_model(model: torch.nn.Module, example_inputs: Any) -> Any:
     """The QDQ onnx.ModelProto of a converted model (see the module docstring)."""
+    return qgraph_to_onnx(build_qgraph(model, example_inputs), f"{type(model).__name__}_qdq")
+
+
+def qgraph_to_onnx(graph: QGraph, name: str = "zeropoint_qdq") -> Any:
+    """The QDQ onnx.ModelProto of a lowered graph (also used for single operations)."""
     import onnx
     from onnx import TensorProto, helper
 
-    graph = build_qgraph(model, example_inputs)
     b = OnnxBuilder()
     for op in graph.ops:
         _emit(b, op, graph)
@@ -245,9 +249,8 @@ def to_onnx_model(model: torch.nn.Module, example_inputs: Any) -> Any:
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
     g = helper.make_graph(
-        b.nodes, f"{type(model).__name__}_qdq", [info(n) for n in graph.inputs],
-        [info(n) for n in graph.outputs], b.inits,
-    )  # fmt: skip
+        b.nodes, name, [info(n) for n in graph.inputs], [info(n) for n in graph.outputs], b.inits
+    )
     opsets = [helper.make_opsetid("", OPSET)]
     opsets += [helper.make_opsetid(d, v) for d, v in b.extra_opsets.items()]
     m = helper.make_model(g, opset_imports=opsets, producer_name="zeropoint")

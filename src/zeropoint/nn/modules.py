@@ -179,7 +179,10 @@ class QuantMixin(nn.Module):
         """A simulation layer with ``layer``'s hyper-parameters; parameters are shared."""
         new = cls.__new__(cls)
         nn.Module.__init__(new)
-        new.__dict__.update({k: v for k, v in layer.__dict__.items() if not k.startswith("_")})
+        keep = {k: v for k, v in layer.__dict__.items() if not k.startswith("_")}
+        if "_reversed_padding_repeated_twice" in layer.__dict__:  # conv padding modes need it
+            keep["_reversed_padding_repeated_twice"] = layer._reversed_padding_repeated_twice
+        new.__dict__.update(keep)
         new._parameters = layer._parameters.copy()
         new._buffers = layer._buffers.copy()
         new._modules = layer._modules.copy()

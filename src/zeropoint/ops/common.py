@@ -80,7 +80,10 @@ def table_codes(values: Tensor, op: QOp) -> Tensor:
     qp = op.out_qparams
     assert qp is not None
     lo, hi = clip_codes(op)
-    q = quantize_int(values.float(), qp).to(torch.int32).clamp(lo, hi)
+    # a code the data never reaches may give ±inf or NaN (x / 0 at the code of 0.0): saturate
+    big = float(torch.finfo(torch.float32).max)
+    finite = torch.nan_to_num(values.float(), nan=0.0, posinf=big, neginf=-big)
+    q = quantize_int(finite, qp).to(torch.int32).clamp(lo, hi)
     return q.to(engine_dtype(qp))
 
 

@@ -419,9 +419,11 @@ SPECS = [
     OpSpec("max_pool", "shared", modules=(nn.MaxPool1d, nn.MaxPool2d),
            functions=(F.max_pool1d, F.max_pool2d), when=_no_indices, lower=_lower_max_pool,
            kernel=_max_pool_kernel, emit=_emit_max_pool, doc="max pooling 1-D and 2-D"),
-    OpSpec("relu_codes", "shared", kernel=_relu_kernel, emit=_emit_relu,
-           doc="a ReLU that could not be fused: a clamp of the codes at Z"),
 ]  # fmt: skip
+
+#: what a ReLU on a quantized value becomes when it cannot fuse (lowering creates it)
+RELU_CODES = OpSpec("relu_codes", "shared", kernel=_relu_kernel, emit=_emit_relu,
+                    doc="a ReLU that could not be fused: a clamp of the codes at Z")  # fmt: skip
 
 IDENTITY = OpSpec(
     "identity", "identity", modules=(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d),

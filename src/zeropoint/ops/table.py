@@ -27,7 +27,7 @@ OPS: tuple[OpSpec, ...] = (
     *movement.SPECS,
 )
 #: entries only lowering creates (never matched against a node directly)
-_INTERNAL: tuple[OpSpec, ...] = (tables.CLIP_TABLE,)
+_INTERNAL: tuple[OpSpec, ...] = (tables.CLIP_TABLE, movement.RELU_CODES)
 
 _BY_KIND: dict[str, OpSpec] = {s.kind: s for s in (*OPS, *_INTERNAL)}
 

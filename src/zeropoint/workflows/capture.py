@@ -68,11 +68,16 @@ class _Tracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.path: list[str] = []
+        self.failed_in: str | None = None  # the innermost module when tracing failed
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         self.path.append(self.path_of_module(m))
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = self.path[-1]
+            raise
         finally:
             self.path.pop()
 
@@ -83,7 +88,7 @@ def _construct(exc: BaseException) -> str:
     if not frames:
         return ""
     f = frames[-1]
-    line = (f.line or "").strip()
+    line = (f.line or "").split("  #")[0].strip()
     return f"`{line}` ({f.filename.rsplit('/', 1)[-1]}:{f.lineno})" if line else ""
 
 
@@ -94,7 +99,7 @@ def capture(model: nn.Module, concrete_args: dict[str, Any] | None = None) -> Ca
     try:
         graph = tracer.trace(model, concrete_args=constants or None)
     except Exception as exc:
-        where = tracer.path[-1] if tracer.path else ""
+        where = tracer.failed_in or ""
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         construct = _construct(exc)
         reason = f"{type(exc).__name__}: {message}"

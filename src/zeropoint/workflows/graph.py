@@ -102,8 +102,9 @@ def tensor_inputs(node: fx.Node) -> list[fx.Node]:
 
 def is_meta(node: fx.Node, constants: set[str]) -> bool:
     """Is ``node`` a Python value rather than a tensor (x.size(0), x.shape[1] * 2, a flag)?"""
-    if node.op == "placeholder":
-        return str(node.target) in constants
+    if node.op == "placeholder":  # fx names a constant argument's placeholder "<name>_<n>"
+        name = str(node.target)
+        return name in constants or name.rsplit("_", 1)[0] in constants
     if node.op == "call_method" and node.target in _META_METHODS:
         return True
     if node.op == "call_function" and node.target is getattr:
