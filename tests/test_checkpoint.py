@@ -198,6 +198,20 @@ def test_dynamic_and_weight_only_models_round_trip(tmp_path: Path) -> None:
         ]
 
 
+def test_quantized_embedding_tables_round_trip(tmp_path: Path) -> None:
+    def embedder() -> nn.Module:
+        return nn.Sequential(nn.Embedding(50, 32), nn.Linear(32, 4))
+
+    model = embedder()
+    idx = torch.tensor([[0, 7, 49], [7, 3, 1]])
+    for name, config in [("int8", zp.int8_dynamic()), ("int4", zp.int4_weight_only(16))]:
+        q = quantize_dynamic(model, config)
+        restored = zp.load(zp.save(q, tmp_path / name), embedder())
+        assert torch.equal(restored(idx), q(idx)), name
+        assert type(restored[0]).__name__ == "WeightOnlyEmbedding"
+        assert restored[0].packed == (name == "int4")
+
+
 class _Gated(nn.Module):
     """Data-dependent control flow: torch.fx cannot capture it (module-boundary mode)."""
 

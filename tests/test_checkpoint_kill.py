@@ -226,6 +226,7 @@ def test_a_save_crashing_before_any_file_system_call_leaves_one_complete_checkpo
         outcomes.append(small.outcome(directory, fresh))
         zp.save(small.old, directory)  # the next save cleans up
         _assert_clean(directory)
+    print(f"\n{calls} crash points ({'first save' if fresh else 'over an old one'}): {outcomes}")
     # the outcome switches once, at the commit (the rename of encodings.json), and stays
     first_new = outcomes.index("new")
     assert set(outcomes[:first_new]) == {"none" if fresh else "old"}
