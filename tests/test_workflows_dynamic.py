@@ -88,12 +88,7 @@ def test_quantize_dynamic_keeps_class_and_leaves_the_float_model(tmp_path: Path)
     q = quantize_dynamic(model)
     assert type(q) is nn.Sequential and isinstance(q[0], DynamicQuantLinear)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    x = torch.randn(4, 64)
-    for config in (None, zp.int4_weight_only(32)):
-        qm = quantize_dynamic(model, config)
-        directory = zp.save(qm, tmp_path / f"ckpt{config is None}")
-        restored = zp.load(directory, _mlp())
-        assert torch.equal(restored(x), qm(x))
+    # the save/load round trip of dynamic and weight-only models moved to tests/test_checkpoint.py
 
 
 def test_calibrated_modes_stay_close_to_float() -> None:
