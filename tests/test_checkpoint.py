@@ -141,7 +141,8 @@ def test_static_round_trip_is_exact_and_small(
     fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
     assert _tensor_file(directory).stat().st_size < 0.45 * fp32_bytes
     head = _doc(directory)["weights"]["head.weight"]["encoding"]
-    assert head["scheme"]["bits"] == 8 and len(head["scale"]) == 10
+    bits = quantized.head.weight_quant.scheme.bits  # 7 where this CPU's int8 kernels saturate
+    assert head["scheme"]["bits"] == bits and len(head["scale"]) == 10
     with pytest.raises(ValueError, match=r"weight stem\.0\.weight .* shape \[16, 1, 3, 3\] is not"):
         zp.load(directory, DigitsCNN(width=8))
 
@@ -593,7 +594,8 @@ BAD_CHECKPOINTS = [
                  r"tensor '2\.bias' is torch\.float64 in .* but torch\.float32 in the template",
                  id="bias-dtype"),
     pytest.param(_tensors(_code_out_of_range), ValueError,
-                 r"codes of 0\.weight span \[-128, \d+\], outside the range \[-127, 127\]",
+                 # int8 weights, or 7-bit ones where this CPU's int8 kernels saturate
+                 r"codes of 0\.weight span \[-128, \d+\], outside the range \[-(127|63), (127|63)\]",
                  id="code-out-of-range"),
     pytest.param(_tensors(lambda t: t.update({"0.weight.codes": t["0.weight.codes"].float()})),
                  ValueError, r"codes of 0\.weight do not fit their encoding: they are "

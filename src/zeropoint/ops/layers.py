@@ -23,6 +23,7 @@ from zeropoint.engine import conv as conv_k
 from zeropoint.engine import conv_transpose as convt_k
 from zeropoint.engine import kernels as lin_k
 from zeropoint.functional import quantize_int
+from zeropoint.nn.convbn import QuantConvBn2d
 from zeropoint.nn.modules import (
     QuantChannelAffine,
     QuantConv1d,
@@ -289,7 +290,7 @@ SPECS = [
            emit=_emit_linear, fuses_clip=True, doc="y = x Wᵀ + b"),
     OpSpec("conv1d", "layer", modules=(QuantConv1d,), lower=_lower_conv(1),
            kernel=_conv_kernel, emit=_emit_conv, fuses_clip=True, doc="1-D convolution"),
-    OpSpec("conv2d", "layer", modules=(QuantConv2d,), lower=_lower_conv(2),
+    OpSpec("conv2d", "layer", modules=(QuantConv2d, QuantConvBn2d), lower=_lower_conv(2),
            kernel=_conv_kernel, emit=_emit_conv, fuses_clip=True, doc="2-D convolution"),
     OpSpec("conv_transpose1d", "layer", modules=(QuantConvTranspose1d,),
            lower=_lower_conv_transpose(1), kernel=_conv_transpose_kernel,
@@ -304,5 +305,5 @@ SPECS = [
 
 #: float layer type → what the instrumentation swaps in (the layers of this table)
 LAYER_TYPES: tuple[type[nn.Module], ...] = tuple(
-    t for s in SPECS for t in s.modules if t is not QuantChannelAffine
+    t for s in SPECS for t in s.modules if t not in (QuantChannelAffine, QuantConvBn2d)
 )

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from zeropoint.fold import fold_bn
@@ -297,8 +298,19 @@ class _Placer:
         self.grid[q] = key
         return q
 
+    def quantizable(self, arg: fx.Node) -> bool:
+        """A value a quantizer can take: not a Python value, not an integer / bool constant."""
+        if is_meta(arg, self.constants):
+            return False
+        if arg.op == "get_attr":
+            value: Any = self.model
+            for part in str(arg.target).split("."):
+                value = getattr(value, part, None)
+            return isinstance(value, torch.Tensor) and value.is_floating_point()
+        return True
+
     def quantize_inputs(self, node: fx.Node, scheme: Scheme, first_only: bool = False) -> None:
-        args = [a for a in tensor_inputs(node) if not is_meta(a, self.constants)]
+        args = [a for a in tensor_inputs(node) if self.quantizable(a)]
         for arg in args[:1] if first_only else args:
             if arg not in self.grid:
                 point = self.quantize_point(arg)
