@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from zeropoint.engine import elementwise as ew
 from zeropoint.ops.common import grid
 from zeropoint.ops.spec import Kernel, OpSpec
 
@@ -351,20 +352,17 @@ def _lower_max_pool(ctx: LowerContext) -> dict[str, Any]:
 
 
 def max_pool_codes(q: Tensor, a: dict[str, Any]) -> Tensor:
-    """Max pooling of codes. 1-D runs as 2-D with a unit height (torch has no integer 1-D
-    kernel); channels-last integer maps above 127 elements per image run in NCHW (torch 2.13's
-    channels-last integer kernel rejects them)."""
+    """Max pooling of codes; 1-D runs as 2-D with a unit height (torch has no integer 1-D
+    kernel)."""
     dims = int(a["dims"])
     q4 = q.unsqueeze(2) if dims == 1 else q
-    if q4.is_contiguous(memory_format=torch.channels_last) and q4[0].numel() > 127:
-        q4 = q4.contiguous()
 
     def pair(key: str, fill: int) -> tuple[int, int]:
         v = [int(i) for i in a[key]]
         return (v[0], v[1]) if dims == 2 else (fill, v[0])
 
-    y = F.max_pool2d(q4, pair("kernel", 1), pair("stride", 1), pair("padding", 0),
-                     pair("dilation", 1), bool(a["ceil_mode"]))  # fmt: skip
+    y = ew.max_pool2d(q4, pair("kernel", 1), pair("stride", 1), pair("padding", 0),
+                      pair("dilation", 1), bool(a["ceil_mode"]))  # fmt: skip
     return y.squeeze(2) if dims == 1 else y
 
 

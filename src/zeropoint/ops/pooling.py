@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from zeropoint.engine import elementwise as ew
 from zeropoint.engine.fixedpoint import quantize_multipliers
 from zeropoint.engine.requantize import Requantizer, dtype_range
 from zeropoint.ops.common import clip_codes, engine_dtype, grid
@@ -50,14 +51,6 @@ def _lower_avg_pool(ctx: LowerContext) -> dict[str, Any]:
             "divisor": divisor}  # fmt: skip
 
 
-def _window_counts(size: int, out: int, k: int, s: int, p: int, include_pad: bool) -> Tensor:
-    """torch's divisor per output position along one dimension."""
-    start = torch.arange(out) * s - p
-    if include_pad:  # the window clipped to the padded input, padding included
-        return torch.minimum(start + k, torch.tensor(size + p)) - start
-    return torch.minimum(start + k, torch.tensor(size)) - start.clamp(min=0)
-
-
 def _requantize(
     sums: Tensor, counts: Tensor, op: QOp, graph: QGraph, rounding: str, bound: int
 ) -> Tensor:
@@ -87,26 +80,21 @@ def _centred(q: Tensor, z: int, count: int) -> tuple[Tensor, int]:
 def _avg_pool_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
     a = op.attrs
     dims = int(a["dims"])
-    z = grid(graph.edges[op.inputs[0]], f"input of {op.where}")[1]
+    s_x, z = grid(graph.edges[op.inputs[0]], f"input of {op.where}")
+    assert op.out_qparams is not None
+    s_y, z_y = grid(op.out_qparams, f"output of {op.where}")
     k, s, p = a["kernel"], a["stride"], a["padding"]
     if dims == 1:
         k, s, p = [1, *k], [1, *s], [0, *p]
-    window = math.prod(k)
+    clamp = clip_codes(op)
 
     def run(x: list[Tensor]) -> Tensor:
         q = x[0] if dims == 2 else x[0].unsqueeze(2)
-        c, act = _centred(q, z, window)
-        sums = F.avg_pool2d(c, k, s, p, bool(a["ceil_mode"]), True, divisor_override=1)
-        sums = sums.to(torch.int64)
-        h, w = sums.shape[-2:]
-        if a.get("divisor"):
-            counts = torch.full((h, w), int(a["divisor"]))
-        else:
-            include = bool(a["count_include_pad"])
-            ch = _window_counts(q.shape[2], h, k[0], s[0], p[0], include)
-            cw = _window_counts(q.shape[3], w, k[1], s[1], p[1], include)
-            counts = ch[:, None] * cw[None, :]
-        y = _requantize(sums, counts, op, graph, rounding, window * act)
+        y = ew.avg_pool2d(
+            q, z, tuple(k), tuple(s), tuple(p), bool(a["ceil_mode"]),
+            bool(a["count_include_pad"]), x_scale=s_x, out_scale=s_y, out_zero_point=z_y,
+            rounding=rounding, clamp=clamp, divisor=a.get("divisor"),  # type: ignore[arg-type]
+        )  # fmt: skip
         return y if dims == 2 else y.squeeze(2)
 
     return run
