@@ -36,12 +36,13 @@ from torch import Tensor, fx, nn
 from zeropoint.engine.program_io import op_from_json, op_to_json
 from zeropoint.functional import dequantize_int, quantize_int
 from zeropoint.lowering import QGraph, QOp, build_qgraph
-from zeropoint.ops.common import byte_index, engine_dtype, gather, levels
+from zeropoint.ops.common import REQUANTIZATIONS, byte_index, engine_dtype, gather, levels
 from zeropoint.ops.table import spec_for
 from zeropoint.qparams import QParams
 from zeropoint.report.files import atomic_path, atomic_write_text, check_writable_dir
+from zeropoint.workflows.graph import state_of
 
-ROUNDING = "single"  # one rounding of acc·M0·2^−n (TFLite's single-rounding mode): see to_integer
+ROUNDING = "float32"  # ONNX Runtime's requantization: see to_integer
 FORMAT, VERSION = "zeropoint-integer-program", 2
 #: operations that need the model's Python code: a program holding them cannot be saved
 _CODE_KINDS = ("float", "python")
@@ -205,16 +206,26 @@ class IntegerProgram:
 # ---------------------------------------------------------------------- preparation
 
 
-def to_integer(model: nn.Module, example_inputs: Any, rounding: str = ROUNDING) -> IntegerProgram:
+def to_integer(
+    model: nn.Module, example_inputs: Any, rounding: str | None = None
+) -> IntegerProgram:
     """Lower a converted (simulated) model to an integer-only program.
 
-    ``rounding``: "single" (default) rounds acc·M0·2^−n once, half away from zero, which is the
-    real-number formula to within M's 2^−31 approximation and agrees with ONNX Runtime's float
-    requantization except at exact ties; "double" is gemmlowp's SaturatingRoundingDoublingHighMul
-    followed by RoundingDivideByPOT, bit for bit (it moves ~2^−(n−30) of the outputs by one code).
+    ``rounding`` (default: the config's ``requantization``, which the converted simulation uses
+    too) — how a layer's int32 accumulator becomes an output code:
+
+    * "float32": ONNX Runtime's arithmetic, rne(fl32(acc)·fl32(fl32(S_x·S_w)/S_y)) — the program,
+      the simulation and ONNX Runtime running the export then give the same codes;
+    * "single": acc·M0·2^−n rounded once, half away from zero (TFLite's single rounding) — the
+      fixed-point form for targets without float;
+    * "double": gemmlowp's SaturatingRoundingDoublingHighMul then RoundingDivideByPOT, bit for bit.
+
+    Average pools and means use M0·2^−n with single rounding under "float32".
     """
-    if rounding not in ("single", "double"):
-        raise ValueError(f"rounding={rounding!r}: expected 'single' or 'double'")
+    if rounding is None:
+        rounding = state_of(model).config.requantization
+    if rounding not in REQUANTIZATIONS:
+        raise ValueError(f"rounding={rounding!r}: expected one of {REQUANTIZATIONS}")
     return _prepare(build_qgraph(model, example_inputs), rounding)
 
 

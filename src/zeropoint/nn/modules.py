@@ -24,12 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zeropoint.bias import bias_qparams, bias_safe_weight_qparams
 from zeropoint.fold import bn_scale_shift, output_channel_axis
-from zeropoint.functional import fake_quantize
+from zeropoint.functional import dequantize_int, fake_quantize, quantize_int
 from zeropoint.nn.quantizers import FakeQuant
 from zeropoint.qparams import QParams
 
@@ -162,6 +163,45 @@ class QuantMixin(nn.Module):
             return frozen
         return self.weight_quant.qparams()  # type: ignore[operator,no-any-return]
 
+    def _deployed(self, x: Tensor) -> Tensor | None:
+        """At inference after convert (eval mode, no gradient), the layer runs the integer
+        program's own kernel on its input codes: the converted simulation then computes what is
+        deployed, code for code (`zeropoint.ops.layers.deployed_layer`). None where that does
+        not apply (training, calibrating, module-boundary models)."""
+        if self.training or torch.is_grad_enabled() or self.input_quant is not None:
+            return None
+        out: GridRef | None = self.__dict__.get("output_grid")
+        grid: GridRef | None = self.__dict__.get("input_grid")
+        if out is None or grid is None:
+            return None
+        x_qp, y_qp = frozen_qparams(grid.quantizer()), frozen_qparams(out.quantizer())
+        w = self._parameters["weight"]
+        if x_qp is None or y_qp is None or frozen_qparams(self.weight_quant) is None or w is None:
+            return None
+        b = self._parameters.get("bias")
+        clip = self.__dict__.get("output_clip")
+        rounding = str(self.__dict__.get("requantization", "float32"))
+        wq: Any = self.weight_quant
+
+        def version(t: Tensor | None) -> tuple[int, int] | None:
+            return None if t is None else (id(t), t._version)
+
+        key = (version(w), version(b), version(wq.scale), version(wq.zero_point),
+               float(x_qp.scale), int(x_qp.zero_point), float(y_qp.scale),
+               int(y_qp.zero_point), clip, rounding)  # fmt: skip
+        cached = self.__dict__.get("_deployed_kernel")
+        if cached is None or cached[0] != key:
+            from zeropoint.ops.layers import deployed_layer
+
+            cached = (key, deployed_layer(self, x_qp, y_qp, clip, rounding))
+            self.__dict__["_deployed_kernel"] = cached
+        codes = quantize_int(x.float(), x_qp).to(torch.int8 if x_qp.scheme.signed else torch.uint8)
+        y = dequantize_int(cached[1]([codes]), y_qp)
+        # the memory format torch's float layer would return (the kernels write channels-last)
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1:
+            return y.contiguous(memory_format=torch.channels_last)
+        return y.contiguous()
+
     def _in(self, x: Tensor) -> Tensor:
         return self.input_quant(x) if self.input_quant is not None else x
 
@@ -193,17 +233,26 @@ class QuantMixin(nn.Module):
 
 class QuantLinear(QuantMixin, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
+        deployed = self._deployed(x)
+        if deployed is not None:
+            return deployed
         return self._out(F.linear(self._in(x), self.quantized_weight(), self.quantized_bias()))
 
 
 class QuantConv1d(QuantMixin, nn.Conv1d):
     def forward(self, x: Tensor) -> Tensor:
+        deployed = self._deployed(x)
+        if deployed is not None:
+            return deployed
         w, b = self.quantized_weight(), self.quantized_bias()
         return self._out(self._conv_forward(self._in(x), w, b))
 
 
 class QuantConv2d(QuantMixin, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
+        deployed = self._deployed(x)
+        if deployed is not None:
+            return deployed
         w, b = self.quantized_weight(), self.quantized_bias()
         return self._out(self._conv_forward(self._in(x), w, b))
 
@@ -216,6 +265,9 @@ class _QuantConvTranspose(QuantMixin):
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         m: Any = self  # the float ConvTranspose's attributes (a mixin cannot declare them)
+        deployed = self._deployed(x) if output_size is None else None
+        if deployed is not None:
+            return deployed
         x = self._in(x)
         padding = tuple(m.padding)
         output_padding = m._output_padding(
@@ -266,6 +318,9 @@ class QuantChannelAffine(QuantMixin):
         return int(self.float_weight.shape[0])
 
     def forward(self, x: Tensor) -> Tensor:
+        deployed = self._deployed(x)
+        if deployed is not None:
+            return deployed
         x = self._in(x)
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ValueError(

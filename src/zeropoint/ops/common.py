@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from zeropoint.engine.requantize import Requantizer
+from zeropoint.engine.requantize import Float32Requantizer, Requantizer
 from zeropoint.functional import dequantize_int, quantize_int
 from zeropoint.qparams import QParams
 
@@ -49,20 +49,39 @@ def clip_codes(op: QOp) -> tuple[int, int]:
     return max(qmin, int(q[0])), min(qmax, int(q[1]))
 
 
-def output_requantizer(op: QOp, multiplier: float | Tensor, rounding: str) -> Requantizer:
-    """clamp(Z_y + MBQM(acc, M), clip codes) to the op's output container."""
+#: requantization arithmetics of the integer program (and of the converted simulation)
+REQUANTIZATIONS = ("float32", "single", "double")
+
+
+def layer_requantizer(
+    op: QOp, x_scale: float, w_scale: Tensor, channels: int, rounding: str
+) -> Requantizer | Float32Requantizer:
+    """The output stage of a weighted layer, M = S_x·S_w / S_y per output channel, clamped to
+    the op's codes (fused clip included), in one of three arithmetics:
+
+    * "float32" (default): ONNX Runtime's, bit for bit — rne(fl32(acc)·fl32(fl32(S_x·S_w)/S_y));
+    * "single": M as M0·2^−n (31-bit M0), acc·M rounded once, ties up (TFLite single rounding);
+    * "double": gemmlowp's SaturatingRoundingDoublingHighMul then RoundingDivideByPOT.
+    """
     qp = op.out_qparams
     assert qp is not None
     dtype = engine_dtype(qp, f"output of {op.where or op.output}")
     lo, hi = clip_codes(op)
-    return Requantizer.from_multiplier(
-        multiplier,
-        int(qp.zero_point),
-        dtype,
-        lo,
-        hi,
-        rounding,  # type: ignore[arg-type]
-    )
+    s_y, z_y = grid(qp, f"output of {op.where or op.output}")
+    s_w = w_scale.reshape(-1)
+    s_w = s_w.expand(channels).clone() if s_w.numel() == 1 else s_w
+    if rounding == "float32":
+        return Float32Requantizer.from_scales(x_scale, s_w, s_y, z_y, dtype, lo, hi)
+    if rounding not in REQUANTIZATIONS:
+        raise ValueError(f"rounding={rounding!r}: expected one of {REQUANTIZATIONS}")
+    m = s_w.double() * x_scale / s_y
+    return Requantizer.from_multiplier(m, z_y, dtype, lo, hi, rounding)  # type: ignore[arg-type]
+
+
+def fixed_point_rounding(rounding: str) -> str:
+    """The M0·2^−n rounding for kernels that have no float32 form (pools, means): "single"
+    stands in for "float32" (one rounding, like ONNX Runtime's)."""
+    return "single" if rounding == "float32" else rounding
 
 
 def levels(qp: QParams) -> Tensor:
@@ -104,13 +123,15 @@ def graph_edge(graph: QGraph, edge: str) -> QParams | None:
 
 
 __all__ = [
+    "REQUANTIZATIONS",
     "byte_index",
     "clip_codes",
     "engine_dtype",
+    "fixed_point_rounding",
     "gather",
     "graph_edge",
     "grid",
+    "layer_requantizer",
     "levels",
-    "output_requantizer",
     "table_codes",
 ]

@@ -34,9 +34,10 @@ from zeropoint.nn.modules import (
     QuantMixin,
     frozen_qparams,
 )
-from zeropoint.ops.common import grid, output_requantizer
+from zeropoint.ops.common import grid, layer_requantizer
 from zeropoint.ops.movement import pad_codes
 from zeropoint.ops.spec import Kernel, OpSpec
+from zeropoint.qparams import QParams
 
 if TYPE_CHECKING:
     from zeropoint.lowering import LowerContext, QGraph, QOp
@@ -46,96 +47,101 @@ def _tuple(v: Any, n: int) -> list[int]:
     return [int(v)] * n if isinstance(v, int) else [int(i) for i in v]
 
 
-def _weights(ctx: LowerContext) -> dict[str, Any]:
-    """Integer weight and bias codes of the layer, with the scales the simulation uses."""
-    m = ctx.module
-    assert isinstance(m, QuantMixin)
-    x_qp = ctx.in_qparams()
+def layer_attrs(
+    m: QuantMixin, x_qp: QParams | None, where: str, output_padding: list[int] | None = None
+) -> dict[str, Any]:
+    """Everything a layer's kernel needs: integer weight and bias codes (with the scales the
+    simulation uses) and the layer's geometry."""
     base = frozen_qparams(m.weight_quant)
     if base is None:
         raise ValueError(
-            f"layer {ctx.where}: its weight quantizer is not frozen (convert the model first)"
+            f"layer {where}: its weight quantizer is not frozen (convert the model first)"
         )
     sim_x = m.input_qparams()
     if sim_x is None or x_qp is None or not torch.equal(sim_x.scale, x_qp.scale):
         raise ValueError(
-            f"layer {ctx.where}: its simulation does not see the grid of its input, so its bias "
+            f"layer {where}: its simulation does not see the grid of its input, so its bias "
             "would differ from the integer program's (re-run zp.prepare / zp.quantize_static)"
         )
     bias = m._parameters.get("bias")
-    w_qp = bias_safe_weight_qparams(base, bias, x_qp, ctx.where)
+    w_qp = bias_safe_weight_qparams(base, bias, x_qp, where)
     scheme = w_qp.scheme
     if scheme.bits > 8 or not scheme.symmetric or int(w_qp.zero_point.abs().max()) != 0:
         raise ValueError(
-            f"layer {ctx.where}: the integer engine needs symmetric ≤ 8-bit weights, got {scheme}"
+            f"layer {where}: the integer engine needs symmetric ≤ 8-bit weights, got {scheme}"
         )
     if scheme.group_size is not None:
-        raise ValueError(f"layer {ctx.where}: group-wise weights have no integer kernel")
+        raise ValueError(f"layer {where}: group-wise weights have no integer kernel")
     q_w = quantize_int(m.float_weight.detach(), w_qp).to(torch.int8)
     attrs: dict[str, Any] = {"q_w": q_w, "w_scale": w_qp.scale.clone(), "w_axis": w_qp.axis}
     if bias is not None:
         attrs["q_b"] = quantize_bias(bias, x_qp, w_qp)[1]
-    return attrs
+    return {**attrs, **_geometry(m, output_padding)}
 
 
-def _conv_geometry(ctx: LowerContext, dims: int) -> dict[str, Any]:
-    m: Any = ctx.module
-    kernel = _tuple(m.kernel_size, dims)
-    dilation = _tuple(m.dilation, dims)
+def _geometry(m: Any, output_padding: list[int] | None) -> dict[str, Any]:
+    if isinstance(m, QuantLinear | QuantChannelAffine):
+        return {}
+    dims = 1 if isinstance(m, QuantConv1d | QuantConvTranspose1d) else 2
+    kernel, dilation = _tuple(m.kernel_size, dims), _tuple(m.dilation, dims)
+    geometry = {"dims": dims, "stride": _tuple(m.stride, dims), "dilation": dilation,
+                "groups": int(m.groups)}  # fmt: skip
+    if isinstance(m, QuantConvTranspose1d | QuantConvTranspose2d):
+        pads = output_padding if output_padding is not None else _tuple(m.output_padding, dims)
+        return {**geometry, "padding": _tuple(m.padding, dims), "output_padding": pads}
     if isinstance(m.padding, str):  # "same" / "valid": torch pads total d·(k−1), extra at the end
         total = [d * (k - 1) if m.padding == "same" else 0 for d, k in zip(dilation, kernel)]
         begin = [t // 2 for t in total]
         end = [t - b for t, b in zip(total, begin)]
     else:
         begin = end = _tuple(m.padding, dims)
-    return {
-        "stride": _tuple(m.stride, dims), "dilation": dilation, "groups": int(m.groups),
-        "pads": begin + end, "pad_mode": str(m.padding_mode), "dims": dims,
-    }  # fmt: skip
+    return {**geometry, "pads": begin + end, "pad_mode": str(m.padding_mode)}
 
 
-def _lower_conv(dims: int) -> Any:
-    def lower(ctx: LowerContext) -> dict[str, Any]:
-        return {**_weights(ctx), **_conv_geometry(ctx, dims)}
-
-    return lower
-
-
-def _lower_conv_transpose(dims: int) -> Any:
-    def lower(ctx: LowerContext) -> dict[str, Any]:
-        m: Any = ctx.module
-        out = ctx.shape
-        return {
-            **_weights(ctx), "dims": dims, "stride": _tuple(m.stride, dims),
-            "padding": _tuple(m.padding, dims), "dilation": _tuple(m.dilation, dims),
-            "groups": int(m.groups), "output_padding": _output_padding(ctx, dims, out),
-        }  # fmt: skip
-
-    return lower
+def _lower_layer(ctx: LowerContext) -> dict[str, Any]:
+    m = ctx.module
+    assert isinstance(m, QuantMixin)
+    pads = (
+        _output_padding(ctx) if isinstance(m, QuantConvTranspose1d | QuantConvTranspose2d) else None
+    )
+    return layer_attrs(m, ctx.in_qparams(), ctx.where, pads)
 
 
-def _output_padding(ctx: LowerContext, dims: int, out: tuple[int, ...]) -> list[int]:
+def _output_padding(ctx: LowerContext) -> list[int]:
     """The output padding torch used (explicit, or implied by an output_size argument)."""
     m: Any = ctx.module
+    dims = len(ctx.shape) - 2
     in_shape = ctx.shapes[ctx.inputs[0]]
     pads = []
     for i in range(dims):
         s, p, d = _tuple(m.stride, dims)[i], _tuple(m.padding, dims)[i], _tuple(m.dilation, dims)[i]
         k = _tuple(m.kernel_size, dims)[i]
         natural = (in_shape[2 + i] - 1) * s - 2 * p + d * (k - 1) + 1
-        pads.append(int(out[2 + i]) - natural)
+        pads.append(int(ctx.shape[2 + i]) - natural)
     return pads
+
+
+def deployed_layer(
+    m: QuantMixin, x_qp: QParams, y_qp: QParams, clip: tuple[float, float] | None, rounding: str
+) -> Kernel:
+    """The integer program's kernel for one simulated layer (codes in, codes out): what the
+    converted simulation runs at inference, so it computes what is deployed, code for code."""
+    from zeropoint.lowering import QGraph, QOp
+
+    spec = next(sp for sp in SPECS if type(m) in sp.modules)
+    where = type(m).__name__
+    op = QOp(spec.kind, ["x"], "y", y_qp, clip, layer_attrs(m, x_qp, where), where)
+    graph = QGraph([op], {"x": x_qp, "y": y_qp}, ["x"], ["y"], {"x": (), "y": ()})
+    assert spec.kernel is not None
+    return spec.kernel(op, graph, rounding)
 
 
 # ----------------------------------------------------------------------------- engine
 
 
-def _multiplier(op: QOp, graph: QGraph, channels: int) -> Tensor:
+def _requantizer(op: QOp, graph: QGraph, channels: int, rounding: str) -> Any:
     s_x = grid(graph.edges[op.inputs[0]], f"input of {op.where}")[0]
-    assert op.out_qparams is not None
-    s_y = grid(op.out_qparams, f"output of {op.where}")[0]
-    m = op.attrs["w_scale"].double().reshape(-1) * s_x / s_y
-    return m.expand(channels).clone() if m.numel() == 1 else m
+    return layer_requantizer(op, s_x, op.attrs["w_scale"], channels, rounding)
 
 
 def _conv_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
@@ -143,7 +149,7 @@ def _conv_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
     dims = int(a["dims"])
     q_w: Tensor = a["q_w"]
     z_x = grid(graph.edges[op.inputs[0]], f"input of {op.where}")[1]
-    rq = output_requantizer(op, _multiplier(op, graph, q_w.shape[0]), rounding)
+    rq = _requantizer(op, graph, q_w.shape[0], rounding)
     pads, mode = list(a["pads"]), str(a["pad_mode"])
     begin, end = pads[:dims], pads[dims:]
     native = mode == "zeros" and begin == end
@@ -172,7 +178,7 @@ def _conv_transpose_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
     q_w: Tensor = a["q_w"]
     groups = int(a["groups"])
     z_x = grid(graph.edges[op.inputs[0]], f"input of {op.where}")[1]
-    rq = output_requantizer(op, _multiplier(op, graph, q_w.shape[1] * groups), rounding)
+    rq = _requantizer(op, graph, q_w.shape[1] * groups, rounding)
 
     def pair(key: str, fill: int) -> tuple[int, int]:
         v = [int(i) for i in a[key]]
@@ -195,7 +201,7 @@ def _conv_transpose_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
 def _linear_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
     q_w: Tensor = op.attrs["q_w"]
     z_x = grid(graph.edges[op.inputs[0]], f"input of {op.where}")[1]
-    rq = output_requantizer(op, _multiplier(op, graph, q_w.shape[0]), rounding)
+    rq = _requantizer(op, graph, q_w.shape[0], rounding)
     weights = lin_k.prepare_linear(q_w, op.attrs.get("q_b"))
     return lambda x: lin_k.linear(x[0], z_x, weights, rq)
 
@@ -204,7 +210,7 @@ def _affine_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
     """acc_c = q_w,c·(q_x − Z_x) + q_b,c per channel (dimension 1), then the requantizer."""
     q_w: Tensor = op.attrs["q_w"]
     z_x = grid(graph.edges[op.inputs[0]], f"input of {op.where}")[1]
-    rq = output_requantizer(op, _multiplier(op, graph, q_w.shape[0]), rounding)
+    rq = _requantizer(op, graph, q_w.shape[0], rounding)
     w = q_w.to(torch.int64)
     b = op.attrs["q_b"].to(torch.int64)
 
@@ -286,19 +292,19 @@ def _emit_affine(b: Any, op: QOp, graph: QGraph, ins: list[str]) -> str:
 
 
 SPECS = [
-    OpSpec("linear", "layer", modules=(QuantLinear,), lower=_weights, kernel=_linear_kernel,
+    OpSpec("linear", "layer", modules=(QuantLinear,), lower=_lower_layer, kernel=_linear_kernel,
            emit=_emit_linear, fuses_clip=True, doc="y = x Wᵀ + b"),
-    OpSpec("conv1d", "layer", modules=(QuantConv1d,), lower=_lower_conv(1),
+    OpSpec("conv1d", "layer", modules=(QuantConv1d,), lower=_lower_layer,
            kernel=_conv_kernel, emit=_emit_conv, fuses_clip=True, doc="1-D convolution"),
-    OpSpec("conv2d", "layer", modules=(QuantConv2d, QuantConvBn2d), lower=_lower_conv(2),
+    OpSpec("conv2d", "layer", modules=(QuantConv2d, QuantConvBn2d), lower=_lower_layer,
            kernel=_conv_kernel, emit=_emit_conv, fuses_clip=True, doc="2-D convolution"),
     OpSpec("conv_transpose1d", "layer", modules=(QuantConvTranspose1d,),
-           lower=_lower_conv_transpose(1), kernel=_conv_transpose_kernel,
+           lower=_lower_layer, kernel=_conv_transpose_kernel,
            emit=_emit_conv_transpose, fuses_clip=True, doc="1-D transposed convolution"),
     OpSpec("conv_transpose2d", "layer", modules=(QuantConvTranspose2d,),
-           lower=_lower_conv_transpose(2), kernel=_conv_transpose_kernel,
+           lower=_lower_layer, kernel=_conv_transpose_kernel,
            emit=_emit_conv_transpose, fuses_clip=True, doc="2-D transposed convolution"),
-    OpSpec("channel_affine", "layer", modules=(QuantChannelAffine,), lower=_weights,
+    OpSpec("channel_affine", "layer", modules=(QuantChannelAffine,), lower=_lower_layer,
            kernel=_affine_kernel, emit=_emit_affine, fuses_clip=True,
            doc="y = w_c·x + b_c per channel (a batch norm that could not be folded)"),
 ]  # fmt: skip

@@ -21,7 +21,7 @@ from torch import Tensor, fx, nn
 from zeropoint.engine import elementwise as ew
 from zeropoint.engine.fixedpoint import quantize_multipliers
 from zeropoint.engine.requantize import Requantizer, dtype_range
-from zeropoint.ops.common import clip_codes, engine_dtype, grid
+from zeropoint.ops.common import clip_codes, engine_dtype, fixed_point_rounding, grid
 from zeropoint.ops.spec import Kernel, OpSpec
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ def _requantize(
     dtype = engine_dtype(op.out_qparams)
     flat = counts.reshape(-1).to(torch.float64)
     m0, shift = quantize_multipliers(s_x / (s_y * flat))
+    rounding = fixed_point_rounding(rounding)
     rq = Requantizer(m0, shift, z_y, dtype, lo, hi, rounding)  # type: ignore[arg-type]
     lead = sums.shape[: sums.dim() - counts.dim()]
     y = rq.apply(sums.reshape(*lead, -1).reshape(-1, flat.numel()), -1, bound)
@@ -93,7 +94,8 @@ def _avg_pool_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
         y = ew.avg_pool2d(
             q, z, tuple(k), tuple(s), tuple(p), bool(a["ceil_mode"]),
             bool(a["count_include_pad"]), x_scale=s_x, out_scale=s_y, out_zero_point=z_y,
-            rounding=rounding, clamp=clamp, divisor=a.get("divisor"),  # type: ignore[arg-type]
+            rounding=fixed_point_rounding(rounding), clamp=clamp,  # type: ignore[arg-type]
+            divisor=a.get("divisor"),
         )  # fmt: skip
         return y if dims == 2 else y.squeeze(2)
 

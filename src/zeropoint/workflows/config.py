@@ -69,6 +69,10 @@ class QuantConfig:
     dynamic: activations quantized per input at run time (per_token: one scale per token/row).
     learnable: QAT quantizers — None (fake quant with moving-average min-max observers),
         "lsq", "lsq+" or "pact" (PACT for activations, LSQ for weights).
+    requantization: how integer layers round their output, in the integer program AND in the
+        converted simulation (so that the simulation computes what is deployed): "float32"
+        (default; ONNX Runtime's arithmetic, bit for bit), "single" or "double" (fixed-point
+        M0·2^−n, TFLite's single rounding or gemmlowp's double rounding).
     first_last_bits: QAT at low widths often keeps the first and last layers at 8 bits; set to 8
         to do that: the weights and output quantizers of the first and last quantized layers and
         the quantizers of the model's inputs (None: every layer at the config's widths).
@@ -87,11 +91,17 @@ class QuantConfig:
     learnable: str | None = None
     first_last_bits: int | None = None
     fold_bn: bool = True
+    requantization: str = "float32"
 
     def __post_init__(self) -> None:
         if self.learnable not in (None, "lsq", "lsq+", "pact"):
             raise ValueError(
                 f"learnable={self.learnable!r} is unknown: expected None, 'lsq', 'lsq+' or 'pact'"
+            )
+        if self.requantization not in ("float32", "single", "double"):
+            raise ValueError(
+                f"requantization={self.requantization!r} is unknown: expected 'float32', "
+                "'single' or 'double'"
             )
         if self.weight is None and self.activation is None:
             raise ValueError("a config that quantizes neither weights nor activations does nothing")

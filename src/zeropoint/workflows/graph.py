@@ -396,18 +396,44 @@ class _Placer:
         return self.state.edges.get(node.name) == "" and node not in self.grid
 
     def _link_layers(self) -> None:
-        """Tell each quantized layer which quantizer defines its input grid."""
+        """Tell each quantized layer which quantizers define its input and output grids (and
+        the clip fused between), and how the program requantizes."""
+        from zeropoint.ops.table import clip_bounds
+
+        rounding = self.state.config.requantization
         for node in self.gm.graph.nodes:
             if node.op != "call_module" or str(node.target) not in self.layers:
                 continue
             layer = self.model.get_submodule(str(node.target))
+            if not isinstance(layer, QuantMixin):
+                continue
             arg = node.args[0] if node.args else None
             key = self.grid.get(arg) if isinstance(arg, fx.Node) else None
-            if isinstance(layer, QuantMixin):
-                layer.__dict__["input_grid"] = (
-                    GridRef(self.act_quant, key) if key is not None else None
-                )
+            layer.__dict__["input_grid"] = GridRef(self.act_quant, key) if key else None
+            out, clip = self._output_of(node)
+            layer.__dict__["output_grid"] = GridRef(self.act_quant, out) if out else None
+            layer.__dict__["output_clip"] = (
+                None if clip is None else clip_bounds(clip, module_of(self.model, clip), {})
+            )
+            layer.__dict__["requantization"] = rounding
         self.state.edges = {k: v for k, v in self.state.edges.items() if v}
+
+    def _output_of(self, node: fx.Node) -> tuple[str | None, fx.Node | None]:
+        """The act_quant key the layer's output is quantized by, and the clip fused before it."""
+        users = list(node.users)
+        clip = None
+        if (
+            len(users) == 1
+            and self.spec(users[0]) is not None
+            and self.spec(users[0]).role == "clip"
+        ):
+            clip = users[0]
+            users = list(clip.users)
+        if len(users) == 1 and users[0] in self.grid and users[0].op == "call_module":
+            target = str(users[0].target)
+            if target.startswith("act_quant."):
+                return target.split(".", 1)[1], clip
+        return None, None
 
 
 def _is_plain_relu(node: fx.Node, root: nn.Module) -> bool:
