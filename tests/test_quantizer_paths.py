@@ -69,9 +69,7 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("rounding", DETERMINISTIC)
-def test_every_path_gives_the_reference_codes(
-    rounding: str, dtype: torch.dtype, n: int
-) -> None:
+def test_every_path_gives_the_reference_codes(rounding: str, dtype: torch.dtype, n: int) -> None:
     scheme = Scheme(bits=8, signed=False, rounding=rounding)
     qp = zp.qparams_from_range(-3.1, 2.7, scheme)
     s, z = float(qp.scale), int(qp.zero_point)

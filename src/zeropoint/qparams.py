@@ -207,8 +207,11 @@ class QParams:
                 f"scale must be finite and > 0; {int(bad.sum())} of {scale.numel()} values are "
                 f"not (first: {scale.flatten()[bad.flatten()][0].item()})"
             )
-        if bool((zero_point != torch.round(zero_point)).any()):
-            raise ValueError("zero_point must hold integers")
+        fractional = zero_point != torch.round(zero_point)
+        if bool(fractional.any()):
+            raise ValueError(
+                f"zero_point must hold integers, got {zero_point.flatten()[fractional.flatten()][0].item()}"
+            )
         qmin, qmax = self.scheme.qrange
         out = (zero_point < qmin) | (zero_point > qmax)
         if bool(out.any()):
