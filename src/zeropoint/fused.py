@@ -13,9 +13,9 @@ ONNX QuantizeLinear's, like the eager path's (tests/test_fused.py checks both bi
 every deterministic rounding mode). Lengths are dynamic, so one compiled kernel per (rounding
 mode, storage dtype) serves every scale, zero point and tensor length.
 
-Speed (bench/core.py, 16M float32 values, 2-core AVX2 machine shared with other jobs; see
-README): per-tensor int8 quantize ~1.5-3x faster than the eager chunked path; dequantize is
-memory-bound and gains nothing (the eager chunked loop is as fast).
+Speed (bench/core.py, 16M float32 values, one thread, a busy 2-core AVX2 machine; the JSON's
+``fused_speedup``): per-tensor int8 quantize 2.2-3x faster than the eager chunked path;
+dequantize is memory-bound and gains nothing (measured 0.84x: the eager chunked loop is faster).
 
 Cost: the first call in a process compiles (a few seconds, ~20 s on a cold inductor cache; a
 C++ compiler must be on the PATH). If compiling fails, `available()` turns False, a warning

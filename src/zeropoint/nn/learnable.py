@@ -122,6 +122,7 @@ class _Learnable(nn.Module):
         self.sign_state: Tensor
         self.floor: Tensor
         self.register_buffer("initialized", torch.tensor(False))
+        self._ready = False  # a Python mirror of `initialized`: no tensor read per forward
         state = _SIGN_UNKNOWN if signed is None else (_SIGNED if signed else _UNSIGNED)
         self.register_buffer("sign_state", torch.tensor(state, dtype=torch.int8))
         self.register_buffer("floor", torch.full((num_scales,), MIN_SCALE))
@@ -136,7 +137,7 @@ class _Learnable(nn.Module):
     # ------------------------------------------------------------------ shared machinery
     def _prepare(self, x: Tensor) -> None:
         """First batch: resolve the sign, the axis and the parameters; weights: the floor."""
-        if not bool(self.initialized):
+        if not self._ready and not bool(self.initialized):
             if self.signed is None:
                 negative = bool((x.detach() < 0).any())
                 self._set_sign(negative)
@@ -145,7 +146,9 @@ class _Learnable(nn.Module):
                 self.floor.copy_(scale_floor(rows, self.scheme))
                 self._initialize(rows)
             self.initialized.fill_(True)
+            self._ready = True
         else:
+            self._ready = True
             if self.axis is None and self.scheme.axis is not None:
                 self.axis = self.scheme.resolve_axis(x.dim())
             if self.weight:
@@ -197,6 +200,7 @@ class _Learnable(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args)
+        self._ready = bool(self.initialized)
         state = int(self.sign_state)
         if state != _SIGN_UNKNOWN:
             self.scheme = self._scheme_for(state == _SIGNED)
