@@ -77,7 +77,9 @@ def main() -> int:
     ours = zp.export_onnx(model_q, work / "zeropoint.onnx", calib[:4])
     paths = {"zeropoint": ours, "ort quantize_static": theirs, "ort fp32": fp32}
     sessions = {k: session(p, args.threads) for k, p in paths.items()}
-    runners = {k: (lambda x, s=s: s.run(None, {s.get_inputs()[0].name: x})) for k, s in sessions.items()}
+    runners = {
+        k: (lambda x, s=s: s.run(None, {s.get_inputs()[0].name: x})) for k, s in sessions.items()
+    }
     views = evaluation_views(32).images.numpy()
     rows = []
     for batch in (1, 32):

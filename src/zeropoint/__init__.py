@@ -28,7 +28,7 @@ from zeropoint.workflows.config import (
     w4a4_qat,
 )
 from zeropoint.workflows.dynamic import quantize_dynamic
-from zeropoint.workflows.qat import freeze_bn, prepare_qat
+from zeropoint.workflows.qat import freeze_bn, prepare_qat, qat_param_groups
 from zeropoint.workflows.static import (
     calibrate_model,
     calibrating,
@@ -65,6 +65,7 @@ __all__ = [
     "observers",
     "prepare",
     "prepare_qat",
+    "qat_param_groups",
     "qparams_from_range",
     "quantize",
     "quantize_dynamic",

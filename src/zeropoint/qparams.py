@@ -66,14 +66,35 @@ class Scheme:
                 f"Scheme.bits={self.bits} is out of range: expected 1..{MAX_DATA_BITS} "
                 f"(or {ACCUMULATOR_BITS} for int32 biases)"
             )
+        for name in ("symmetric", "narrow", "signed"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"Scheme.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.bits == ACCUMULATOR_BITS and not self.signed:
+            raise ValueError(
+                f"Scheme(bits={ACCUMULATOR_BITS}, signed=False): 32-bit schemes are for int32 "
+                "biases and accumulators, which are signed (a uint32 zero point would not fit "
+                "the int32 zero-point tensor)"
+            )
+        if self.bits == 1 and (self.signed or self.symmetric):
+            raise ValueError(
+                f"Scheme(bits=1, signed={self.signed}, symmetric={self.symmetric}) has no useful "
+                "uniform meaning (its two levels {-S, 0} cannot hold positive values): use "
+                "Scheme(bits=1, signed=False) for the levels {0, S} of one-sided data, or "
+                "zeropoint.nonuniform.BinaryCodeQuantizer.fit(x, m=1) for sign quantization "
+                "{-a, +a} with a = mean|x| (Rastegari et al. 2016)"
+            )
         if self.rounding not in ROUNDING_MODES:
             raise ValueError(
                 f"Scheme.rounding={self.rounding!r} is unknown: expected one of {ROUNDING_MODES}"
             )
-        if self.axis is not None and not isinstance(self.axis, int):
+        if self.axis is not None and (
+            not isinstance(self.axis, int) or isinstance(self.axis, bool)
+        ):
             raise TypeError(f"Scheme.axis must be an int or None, got {self.axis!r}")
         if self.group_size is not None and (
-            not isinstance(self.group_size, int) or self.group_size < 1
+            not isinstance(self.group_size, int)
+            or isinstance(self.group_size, bool)
+            or self.group_size < 1
         ):
             raise ValueError(f"Scheme.group_size={self.group_size!r} must be a positive int")
         lo, hi = self.qrange
@@ -116,7 +137,12 @@ class Scheme:
         if self.axis is None and self.group_size is None:
             return None
         axis = -1 if self.axis is None else self.axis
-        if not -ndim <= axis < max(ndim, 1):
+        if ndim == 0:
+            raise ValueError(
+                f"{self} works along axis {axis}, but a 0-d tensor has no axes: use a per-tensor "
+                "scheme (axis=None, group_size=None) for a scalar"
+            )
+        if not -ndim <= axis < ndim:
             raise ValueError(
                 f"axis {axis} is out of range for a tensor with {ndim} dimensions "
                 f"(expected {-ndim}..{ndim - 1})"
@@ -156,6 +182,18 @@ class QParams:
     axis: int | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.scheme, Scheme):
+            raise TypeError(f"QParams.scheme must be a Scheme, got {type(self.scheme).__name__}")
+        if self.axis is not None and (
+            not isinstance(self.axis, int) or isinstance(self.axis, bool)
+        ):
+            raise TypeError(f"QParams.axis must be an int or None, got {self.axis!r}")
+        for name in ("scale", "zero_point"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, float | int | Tensor):
+                raise TypeError(
+                    f"QParams.{name} must be a tensor or a number, got {type(value).__name__}"
+                )
         scale = _as_tensor(self.scale, torch.float32)
         zero_point = _as_tensor(self.zero_point, torch.float64)
         if scale.shape != zero_point.shape:
@@ -169,8 +207,11 @@ class QParams:
                 f"scale must be finite and > 0; {int(bad.sum())} of {scale.numel()} values are "
                 f"not (first: {scale.flatten()[bad.flatten()][0].item()})"
             )
-        if bool((zero_point != torch.round(zero_point)).any()):
-            raise ValueError("zero_point must hold integers")
+        fractional = zero_point != torch.round(zero_point)
+        if bool(fractional.any()):
+            raise ValueError(
+                f"zero_point must hold integers, got {zero_point.flatten()[fractional.flatten()][0].item()}"
+            )
         qmin, qmax = self.scheme.qrange
         out = (zero_point < qmin) | (zero_point > qmax)
         if bool(out.any()):
@@ -188,8 +229,20 @@ class QParams:
             raise ValueError(
                 f"a per-channel scheme needs a 1-D scale, got shape {tuple(scale.shape)}"
             )
-        if self.scheme.granularity != "per_tensor" and self.axis is None:
+        axis = self.axis
+        if self.scheme.granularity != "per_tensor" and axis is None:
             raise ValueError(f"{self.scheme} needs the resolved axis in QParams.axis")
+        if self.scheme.granularity == "per_group" and axis is not None:
+            # group-wise scales have the tensor's rank, so a negative axis resolves here
+            if not -scale.dim() <= axis < scale.dim():
+                raise ValueError(
+                    f"QParams.axis={axis} is out of range for group-wise scales of shape "
+                    f"{tuple(scale.shape)}"
+                )
+            axis = axis % scale.dim()
+        if self.scheme.granularity == "per_tensor":
+            axis = None
+        object.__setattr__(self, "axis", axis)
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "zero_point", zero_point.to(torch.int32))
 
@@ -208,7 +261,7 @@ class QParams:
         if gran == "per_tensor":
             return
         assert self.axis is not None  # guaranteed by __post_init__
-        if self.axis >= len(shape):
+        if not -len(shape) <= self.axis < len(shape):
             raise ValueError(
                 f"axis {self.axis} is out of range for a tensor of shape {shape} ({self.scheme})"
             )

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zeropoint.functional import fake_quantize
+from zeropoint.functional import as_generator, fake_quantize
 from zeropoint.observers.registry import calibrate, make_observer
 from zeropoint.qparams import QParams, Scheme
 
@@ -37,8 +37,13 @@ class FakeQuant(nn.Module):
         observer: str = "minmax",
         observer_options: dict[str, Any] | None = None,
         mode: str = "observe",
+        generator: torch.Generator | int | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(scheme, Scheme):
+            raise TypeError(f"FakeQuant needs a Scheme, got {type(scheme).__name__}")
+        # stochastic rounding draws from this generator (never from the global RNG)
+        self.generator = as_generator(generator, scheme)
         self.scheme = scheme
         self.observer_name = observer
         self.observer_options = dict(observer_options or {})
@@ -73,13 +78,13 @@ class FakeQuant(nn.Module):
             self.observer.update(x)
             qp = self.observer.qparams()
             self.set_qparams(qp)
-            return fake_quantize(x, qp)
+            return fake_quantize(x, qp, self.generator)
         if mode in ("dynamic", "track"):
             qp = calibrate(x.detach(), self.scheme, self.observer_name, **self.observer_options)
             if mode == "track":
                 self.set_qparams(qp)
-            return fake_quantize(x, qp)
-        return fake_quantize(x, self.qparams())
+            return fake_quantize(x, qp, self.generator)
+        return fake_quantize(x, self.qparams(), self.generator)
 
     def freeze(self) -> QParams:
         """Take (S, Z) from the observer and switch to mode "quantize"."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -44,6 +45,31 @@ class LayerRule:
     weight: Scheme | None = None
     activation: Scheme | None = None
     skip: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name is not None and not isinstance(self.name, str):
+            raise TypeError(f"LayerRule.name must be a string pattern or None, got {self.name!r}")
+        if not isinstance(self.types, tuple) or not all(
+            isinstance(t, type) and issubclass(t, nn.Module) for t in self.types
+        ):
+            raise TypeError(
+                f"LayerRule.types must be a tuple of nn.Module classes, got {self.types!r}"
+            )
+        if self.name is None and not self.types:
+            raise ValueError("a LayerRule needs a name pattern, module types, or both")
+        for what in ("weight", "activation"):
+            value = getattr(self, what)
+            if value is not None and not isinstance(value, Scheme):
+                raise TypeError(f"LayerRule.{what} must be a Scheme or None, got {value!r}")
+        if not isinstance(self.skip, bool):
+            raise TypeError(f"LayerRule.skip must be a bool, got {self.skip!r}")
+        if self.name is not None and self.name.startswith("re:"):
+            try:
+                re.compile(self.name[3:])
+            except re.error as err:
+                raise ValueError(
+                    f"LayerRule.name={self.name!r} is not a valid regex: {err}"
+                ) from None
 
     def matches(self, qualified_name: str, module: nn.Module) -> bool:
         if self.types and not isinstance(module, self.types):
@@ -94,6 +120,8 @@ class QuantConfig:
     requantization: str = "float32"
 
     def __post_init__(self) -> None:
+        from zeropoint.observers.registry import OBSERVERS
+
         if self.learnable not in (None, "lsq", "lsq+", "pact"):
             raise ValueError(
                 f"learnable={self.learnable!r} is unknown: expected None, 'lsq', 'lsq+' or 'pact'"
@@ -103,8 +131,39 @@ class QuantConfig:
                 f"requantization={self.requantization!r} is unknown: expected 'float32', "
                 "'single' or 'double'"
             )
+        for what in ("weight", "activation"):
+            value = getattr(self, what)
+            if value is not None and not isinstance(value, Scheme):
+                raise TypeError(f"QuantConfig.{what} must be a Scheme or None, got {value!r}")
         if self.weight is None and self.activation is None:
             raise ValueError("a config that quantizes neither weights nor activations does nothing")
+        for what in ("weight_observer", "activation_observer"):
+            if getattr(self, what) not in OBSERVERS:
+                raise ValueError(
+                    f"QuantConfig.{what}={getattr(self, what)!r} is unknown: expected one of "
+                    f"{sorted(OBSERVERS)}"
+                )
+        for what, kind in (("rules", LayerRule), ("skip", str), ("module_types", type)):
+            value = getattr(self, what)
+            if not isinstance(value, tuple) or not all(isinstance(v, kind) for v in value):
+                raise TypeError(
+                    f"QuantConfig.{what} must be a tuple of {kind.__name__}, got {value!r}"
+                )
+        options = self.activation_observer_options
+        if not isinstance(options, tuple) or not all(
+            isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) for o in options
+        ):
+            raise TypeError(
+                "QuantConfig.activation_observer_options must be a tuple of (name, value) pairs, "
+                f"got {options!r}"
+            )
+        fl = self.first_last_bits
+        if fl is not None and (
+            isinstance(fl, bool) or not isinstance(fl, int) or not 2 <= fl <= 16
+        ):
+            raise ValueError(f"QuantConfig.first_last_bits={fl!r}: expected None or 2..16")
+        if self.per_token and not self.dynamic:
+            raise ValueError("QuantConfig.per_token=True needs dynamic=True (run-time scales)")
 
     def with_(self, **changes: Any) -> QuantConfig:
         return replace(self, **changes)
@@ -208,7 +267,7 @@ def _low_bit_qat(bits: int, learnable: str | None) -> QuantConfig:
     )
 
 
-PRESETS = {
+PRESETS: dict[str, Callable[[], QuantConfig]] = {
     "int8_dynamic": int8_dynamic,
     "int8_static": int8_static,
     "int4_weight_only": int4_weight_only,
@@ -217,15 +276,79 @@ PRESETS = {
     "w2a2_qat": w2a2_qat,
 }
 
+WORKFLOW_DEFAULTS: dict[str, Callable[[], QuantConfig]] = {
+    "static": int8_static,
+    "qat": w4a4_qat,
+    "dynamic": int8_dynamic,
+}
+
+
+def resolve_config(config: QuantConfig | str | None, workflow: str) -> QuantConfig:
+    """The config a workflow runs: ``config`` itself, a preset given by name ("int8_static"),
+    or the workflow's default (None). A config meant for another workflow is refused:
+
+    * static PTQ (``quantize_static``/``prepare``): not dynamic, activations quantized, not
+      learnable (QAT quantizers are trained: ``prepare_qat``);
+    * QAT (``prepare_qat``): not dynamic;
+    * dynamic (``quantize_dynamic``): dynamic, or weight-only (activation=None); not learnable.
+    """
+    entry = {"static": "quantize_static", "qat": "prepare_qat", "dynamic": "quantize_dynamic"}
+    if workflow not in entry:
+        raise ValueError(f"unknown workflow {workflow!r}: expected one of {list(entry)}")
+    if config is None:
+        return WORKFLOW_DEFAULTS[workflow]()
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(
+                f"unknown preset {config!r}: expected a QuantConfig or one of {sorted(PRESETS)}"
+            )
+        config = PRESETS[config]()
+    if not isinstance(config, QuantConfig):
+        raise TypeError(
+            f"{entry[workflow]} needs a QuantConfig or a preset name, got {type(config).__name__}"
+        )
+    problem = ""
+    if workflow != "dynamic" and config.dynamic:
+        problem = "is dynamic (activations quantized at run time): use zp.quantize_dynamic"
+    elif workflow == "static" and config.activation is None:
+        problem = "is weight-only (activation=None): use zp.quantize_dynamic"
+    elif workflow in ("static", "dynamic") and config.learnable is not None:
+        problem = (
+            f"has learnable={config.learnable!r}, a QAT setting: use zp.prepare_qat, or "
+            "config.with_(learnable=None) for post-training quantization"
+        )
+    elif workflow == "dynamic" and not config.dynamic and config.activation is not None:
+        problem = (
+            "is static (calibrated activations): use zp.quantize_static; quantize_dynamic needs "
+            "a dynamic config (e.g. zp.int8_dynamic()) or a weight-only one (activation=None, "
+            "e.g. zp.int4_weight_only())"
+        )
+    if problem:
+        raise ValueError(f"{entry[workflow]}: the config {_config_name(config)} {problem}")
+    return config
+
+
+def _config_name(config: QuantConfig) -> str:
+    for name, make in PRESETS.items():
+        try:
+            if make() == config:
+                return f"({name})"
+        except TypeError:
+            continue
+    return f"(dynamic={config.dynamic}, activation={config.activation}, learnable={config.learnable!r})"
+
+
 __all__ = [
     "INT8_WEIGHT",
     "PRESETS",
     "UINT8_ACTIVATION",
+    "WORKFLOW_DEFAULTS",
     "LayerRule",
     "QuantConfig",
     "int4_weight_only",
     "int8_dynamic",
     "int8_static",
+    "resolve_config",
     "w2a2_qat",
     "w3a3_qat",
     "w4a4_qat",

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from zeropoint.nn.dynamic import DynamicQuantLinear, fbgemm_saturates, smoothing_from_range
 from zeropoint.nn.weight_only import WeightOnlyEmbedding, WeightOnlyLinear
 from zeropoint.qparams import Scheme
-from zeropoint.workflows.config import QuantConfig, int8_dynamic
+from zeropoint.workflows.config import QuantConfig, resolve_config
 from zeropoint.workflows.graph import QuantState
 
 #: a costlier mode is chosen only where its error on the calibration inputs is below this
@@ -154,7 +154,7 @@ def quantize_dynamic(
     ``reduce_range``: "auto" keeps 8-bit weights and activations where fbgemm's products are
     exact (VNNI) and uses 7-bit weights where they would saturate (see `zeropoint.nn.dynamic`); True quantizes activations to
     7 bits instead (torch.ao's choice); False forces 8/8 (may saturate without VNNI)."""
-    config = config or int8_dynamic()
+    config = resolve_config(config, "dynamic")
     if not config.dynamic and config.activation is not None:
         raise ValueError(
             "quantize_dynamic needs a dynamic config (activations chosen at run time, e.g. "
