@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_functional import _onnx_quantize
+from tests.test_functional import _onnx_quantize
 
 import zeropoint as zp
 from zeropoint import fused

@@ -183,7 +183,7 @@ def compare_executions(
         full_ort = _ort_session(qgraph_to_onnx(graph))
     ops = [op for op in graph.ops if op.kind not in _SKIP and op.out_qparams is not None]
     ops = [op for op in ops if all(graph.edges[i] is not None for i in op.inputs)]
-    rows = {op.output: LayerAgreement(op.where, op.kind) for op in ops}
+    rows = {op.output: LayerAgreement(op.where, op.kind) for op in ops} if per_layer else {}
     if onnx and per_layer:
         layer_ort = {op.output: _ort_session(qgraph_to_onnx(_single_op_graph(op, graph)))
                      for op in ops}  # fmt: skip
