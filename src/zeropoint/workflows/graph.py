@@ -297,9 +297,7 @@ def _place_activation_quantizers(
                 insert_after(arg, scheme_for(node))
 
     # first_last_bits covers the model's inputs too: the first layer reads them
-    input_scheme = (
-        default.with_(bits=config.first_last_bits) if config.first_last_bits else default
-    )
+    input_scheme = default.with_(bits=config.first_last_bits) if config.first_last_bits else default
     for node in list(graph.nodes):
         if node.op == "placeholder":
             insert_after(node, input_scheme)
