@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[onnx,plots,models,dev]'
+	# the compiled weight-only kernels (g++; without a compiler the pure-torch path runs)
+	-$(BIN)/python -m zeropoint.kernels.build
 	# the repository root (demo/: main job, model zoo, peers) is importable in this venv only
 	$(BIN)/python -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'zeropoint-repo.pth').write_text('$(CURDIR)\\n')"
 	touch $(STAMP)
