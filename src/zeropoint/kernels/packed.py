@@ -3,7 +3,8 @@
 A `PackedWeight` is a Linear weight W (N outputs × K inputs) as packed codes plus what decodes
 them, in one of four kinds:
 
-    affine      W[n, k] = S[n, g]·(q[n, k] − Z[n, g]),  g = k // group_size    (uniform int)
+    affine      W[n, k] = S[n, g]·(q[n, k] − Z[n, g]) [+ O[n, g]],  g = k // group_size
+                (uniform int; the optional offset O holds fractional zero points, HQQ)
     table       W[n, k] = T[n or 0, u[n, k]]          (codebooks, powers of two, binary codes,
                                                        fp4 — a table of 2^b values per row)
     fp8_e4m3fn  W[n, k] = fp8(u[n, k])·S[n]           (u: the fp8 bit pattern)
@@ -75,6 +76,7 @@ class PackedWeight:
     scale: Tensor  # affine (N, G) float32; fp8 (N,) float32; table: empty
     zero: Tensor  # affine (N, G) int32, already + flip; else empty
     flip: int = 0  # affine: 2^(c−1) for two's-complement codes
+    offset: Tensor = field(default_factory=lambda: torch.empty(0))  # affine: (N, G) or empty
     table: Tensor = field(default_factory=lambda: torch.empty(0))  # (1 or N, 2^c) float32
 
     def __post_init__(self) -> None:
@@ -104,7 +106,10 @@ class PackedWeight:
         if self.kind == "affine":
             g = self.group_size
             q = (u ^ self.flip).reshape(n, k // g, g) - self.zero.unsqueeze(-1)
-            return (q.to(torch.float32) * self.scale.unsqueeze(-1)).reshape(n, k)
+            w = q.to(torch.float32) * self.scale.unsqueeze(-1)
+            if self.offset.numel():
+                w = w + self.offset.unsqueeze(-1)
+            return w.reshape(n, k)
         if self.kind == "table":
             rows = self.table.expand(n, -1) if self.table.shape[0] == 1 else self.table
             return rows.gather(1, u.long())
@@ -118,6 +123,7 @@ class PackedWeight:
             self.codes,
             self.scale,
             self.zero,
+            self.offset,
             self.table,
             self.container,
             self.group_size,
@@ -132,7 +138,13 @@ class PackedWeight:
         return (self.shape[1] * self.container) % 8 == 0
 
 
-def affine(data: Tensor, qparams: QParams, shape: tuple[int, int], packed: bool) -> PackedWeight:
+def affine(
+    data: Tensor,
+    qparams: QParams,
+    shape: tuple[int, int],
+    packed: bool,
+    offset: Tensor | None = None,
+) -> PackedWeight:
     """A uniform-int weight of ``shape`` (N, K) from its codes as a QTensor stores them — the
     flat packed bytes of a ≤ 4-bit scheme (``packed``), or the (N, K) int8/uint8 codes — and
     its (S, Z): per tensor, per output channel (axis 0) or in groups along the input (axis 1).
@@ -166,6 +178,7 @@ def affine(data: Tensor, qparams: QParams, shape: tuple[int, int], packed: bool)
         scale=scale.float().contiguous(),
         zero=(zero.to(torch.int32) + flip).contiguous(),
         flip=flip,
+        offset=torch.empty(0) if offset is None else offset.float().reshape(n, -1).contiguous(),
     )
 
 
@@ -241,9 +254,9 @@ def linear(
     b = None if bias is None else bias.float().contiguous()
     ops = torch.ops.zeropoint_wo
     if x2.shape[0] <= KERNEL_ROWS:
-        y = ops.linear(x2, *weight._args()[:4], b, *weight._args()[4:])
+        y = ops.linear(x2, *weight._args()[:5], b, *weight._args()[5:])
     else:
-        y = ops.linear_tiled(x2, *weight._args()[:4], b, *weight._args()[4:], TILE_ROWS)
+        y = ops.linear_tiled(x2, *weight._args()[:5], b, *weight._args()[5:], TILE_ROWS)
     return y.reshape(*x.shape[:-1], n)
 
 

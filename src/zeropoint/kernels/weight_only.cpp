@@ -5,8 +5,9 @@
 //   codes: (N, K·c/8) uint8, c ∈ {1, 2, 4, 8} bits per code; element k of a row sits in byte
 //          k·c/8 at bit offset c·(k mod 8/c) — the first element in the low bits (ONNX / QTensor
 //          order), so a QTensor's packed bytes are used as they are.
-//   kind 0, affine:  w = S[n, g]·((u ⊕ F) − Z'[n, g]) for group g = k / group_size, in float32
-//                    exactly as zeropoint.functional.dequantize_int computes S·(q − Z): signed
+//   kind 0, affine:  w = S[n, g]·((u ⊕ F) − Z'[n, g]) + O[n, g] for group g = k / group_size
+//                    (O, optional, holds HQQ's fractional zero points; without it this is in
+//                    float32 exactly what zeropoint.functional.dequantize_int computes: signed
 //                    codes are stored in two's complement within their c bits (QTensor's
 //                    packing), F = 2^(c−1) flips their sign bit, giving q + F, and Z' = Z + F
 //   kind 1, table:   w = T[n or 0, u] (codebooks, powers of two, binary codes, fp4 × scale)
@@ -22,6 +23,7 @@
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -44,6 +46,7 @@ struct Args {
   const float* scale;   // affine: (N, groups); fp8: (N) ; table: unused
   const int32_t* zero;  // affine: (N, groups)
   int32_t flip;         // affine: 2^(c−1) for signed codes, else 0
+  const float* offset;  // affine: (N, groups) or null
   int64_t groups, group;
   const float* table;  // (table_rows, 2^c)
   int64_t table_rows, table_size;
@@ -74,7 +77,8 @@ inline float decode_scalar(const Args& a, int c, int64_t kind, int64_t n, int64_
   switch (kind) {
     case AFFINE: {
       const int64_t i = n * a.groups + k / a.group;
-      return static_cast<float>(static_cast<int32_t>(u ^ static_cast<uint32_t>(a.flip)) - a.zero[i]) * a.scale[i];
+      const float q = static_cast<float>(static_cast<int32_t>(u ^ static_cast<uint32_t>(a.flip)) - a.zero[i]);
+      return a.offset ? std::fma(q, a.scale[i], a.offset[i]) : q * a.scale[i];
     }
     case TABLE:
       return a.table[(a.table_rows == 1 ? 0 : n) * a.table_size + u];
@@ -128,18 +132,22 @@ struct Decoder;
 
 template <int C>
 struct Decoder<C, AFFINE> {
-  const float* s;
+  const float *s, *o;
   const int32_t* z;
-  __m256 S;
+  __m256 S, O;
   __m256i Z, F;
   ZP_AVX2 Decoder(const Args& a, int64_t n)
-      : s(a.scale + n * a.groups), z(a.zero + n * a.groups), F(_mm256_set1_epi32(a.flip)) {}
+      : s(a.scale + n * a.groups),
+        o(a.offset ? a.offset + n * a.groups : nullptr),
+        z(a.zero + n * a.groups),
+        F(_mm256_set1_epi32(a.flip)) {}
   ZP_AVX2 void group(int64_t g) {
     S = _mm256_set1_ps(s[g]);
+    O = _mm256_set1_ps(o ? o[g] : 0.f);  // fma(q, S, 0) = fl(q·S): exact dequantize_int
     Z = _mm256_set1_epi32(z[g]);
   }
   ZP_AVX2 __m256 operator()(__m256i u) const {
-    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_xor_si256(u, F), Z)), S);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_xor_si256(u, F), Z)), S, O);
   }
   ZP_AVX2 float final_scale() const { return 1.f; }
 };
@@ -328,7 +336,7 @@ bool has_avx2() { return false; }
 // ------------------------------------------------------------------ the operators
 
 Args make_args(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& zero,
-               const at::Tensor& table, int64_t c, int64_t group_size, int64_t kind, int64_t flip,
+               const at::Tensor& offset, const at::Tensor& table, int64_t c, int64_t group_size, int64_t kind, int64_t flip,
                int64_t n, int64_t k) {
   TORCH_CHECK(c == 1 || c == 2 || c == 4 || c == 8, "container bits must be 1, 2, 4 or 8, got ", c);
   TORCH_CHECK(kind >= AFFINE && kind <= FP8_E5M2, "unknown weight kind ", kind);
@@ -353,6 +361,11 @@ Args make_args(const at::Tensor& codes, const at::Tensor& scale, const at::Tenso
                 "affine zero points must be int32 (N, K / group_size)");
     a.scale = scale.data_ptr<float>();
     a.zero = zero.data_ptr<int32_t>();
+    if (offset.numel() > 0) {
+      TORCH_CHECK(offset.scalar_type() == at::kFloat && offset.is_contiguous() && offset.numel() == n * a.groups,
+                  "affine offsets must be float32 (N, K / group_size)");
+      a.offset = offset.data_ptr<float>();
+    }
     TORCH_CHECK(flip == 0 || flip == (int64_t{1} << (c - 1)), "flip must be 0 or 2^(c-1)");
     a.flip = static_cast<int32_t>(flip);
   } else if (kind == TABLE) {
@@ -374,12 +387,12 @@ Args make_args(const at::Tensor& codes, const at::Tensor& scale, const at::Tenso
 int64_t grain_rows(int64_t k) { return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(k, 1)); }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale,
-                  const at::Tensor& zero, const at::Tensor& table,
+                  const at::Tensor& zero, const at::Tensor& offset, const at::Tensor& table,
                   const std::optional<at::Tensor>& bias, int64_t c, int64_t group_size,
                   int64_t kind, int64_t flip, int64_t n, int64_t k) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() == 2 && x.size(1) == k,
               "x must be a contiguous float32 (batch, ", k, ") tensor");
-  Args a = make_args(codes, scale, zero, table, c, group_size, kind, flip, n, k);
+  Args a = make_args(codes, scale, zero, offset, table, c, group_size, kind, flip, n, k);
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == n,
                 "bias must be float32 (N)");
@@ -416,9 +429,9 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor
 }
 
 at::Tensor dequantize(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& zero,
-                      const at::Tensor& table, int64_t c, int64_t group_size, int64_t kind,
+                      const at::Tensor& offset, const at::Tensor& table, int64_t c, int64_t group_size, int64_t kind,
                       int64_t flip, int64_t n, int64_t k) {
-  Args a = make_args(codes, scale, zero, table, c, group_size, kind, flip, n, k);
+  Args a = make_args(codes, scale, zero, offset, table, c, group_size, kind, flip, n, k);
   at::Tensor w = at::empty({n, k}, codes.options().dtype(at::kFloat));
   float* w0 = w.data_ptr<float>();
 #ifdef ZP_X86
@@ -438,13 +451,13 @@ at::Tensor dequantize(const at::Tensor& codes, const at::Tensor& scale, const at
 // Many rows of x: decode a tile of W's rows into a buffer that stays in the core's cache and
 // let torch's GEMM (MKL / oneDNN) multiply it, tile by tile: yᵀ[tile] = W[tile] · xᵀ.
 at::Tensor linear_tiled(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale,
-                        const at::Tensor& zero, const at::Tensor& table,
+                        const at::Tensor& zero, const at::Tensor& offset, const at::Tensor& table,
                         const std::optional<at::Tensor>& bias, int64_t c, int64_t group_size,
                         int64_t kind, int64_t flip, int64_t n, int64_t k, int64_t tile) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && x.size(1) == k,
               "x must be a float32 (batch, ", k, ") tensor");
   TORCH_CHECK(tile > 0, "tile must be positive");
-  Args a = make_args(codes, scale, zero, table, c, group_size, kind, flip, n, k);
+  Args a = make_args(codes, scale, zero, offset, table, c, group_size, kind, flip, n, k);
   at::Tensor yt = at::empty({n, x.size(0)}, x.options());
   const at::Tensor xt = x.t();
 #ifdef ZP_X86
@@ -478,11 +491,11 @@ int64_t vector_isa() { return has_avx2() ? 2 : 0; }
 }  // namespace
 
 TORCH_LIBRARY(zeropoint_wo, m) {
-  m.def("linear(Tensor x, Tensor codes, Tensor scale, Tensor zero, Tensor table, Tensor? bias, "
+  m.def("linear(Tensor x, Tensor codes, Tensor scale, Tensor zero, Tensor offset, Tensor table, Tensor? bias, "
         "int container, int group_size, int kind, int flip, int n, int k) -> Tensor", &linear);
-  m.def("dequantize(Tensor codes, Tensor scale, Tensor zero, Tensor table, int container, "
+  m.def("dequantize(Tensor codes, Tensor scale, Tensor zero, Tensor offset, Tensor table, int container, "
         "int group_size, int kind, int flip, int n, int k) -> Tensor", &dequantize);
-  m.def("linear_tiled(Tensor x, Tensor codes, Tensor scale, Tensor zero, Tensor table, "
+  m.def("linear_tiled(Tensor x, Tensor codes, Tensor scale, Tensor zero, Tensor offset, Tensor table, "
         "Tensor? bias, int container, int group_size, int kind, int flip, int n, int k, int tile) -> Tensor",
         &linear_tiled);
   m.def("vector_isa() -> int", &vector_isa);

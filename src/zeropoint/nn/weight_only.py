@@ -26,7 +26,9 @@ class WeightOnlyLinear(nn.Linear):
     Buffers (all in the state dict, so a checkpoint of the state dict round-trips the layer):
     ``weight_data`` — the codes as `QTensor` stores them; ``input_scale`` — s per input channel
     (ones unless AWQ-style scaling was applied: the layer computes (x ⊘ s)·Ŵᵀ + b, Ŵ the
-    dequantized codes). The (S, Z) are ``weight_qparams`` (the checkpoint stores them)."""
+    dequantized codes); ``weight_offset`` — empty, or a float O per (S, Z) added to S·(q − Z)
+    (HQQ's fractional zero points z: O = S·(Z − z)). The (S, Z) are ``weight_qparams`` (the
+    checkpoint stores them)."""
 
     def __init__(self, layer: nn.Linear, weight_scheme: Scheme) -> None:
         nn.Module.__init__(self)
@@ -39,6 +41,8 @@ class WeightOnlyLinear(nn.Linear):
         self.register_buffer("weight_data", qt.data)
         self.input_scale: Tensor
         self.register_buffer("input_scale", torch.ones(self.in_features))
+        self.weight_offset: Tensor
+        self.register_buffer("weight_offset", torch.empty(0))
         self.weight_shape = qt.shape
         self.packed = qt.packed
         self.bias = (
@@ -57,9 +61,11 @@ class WeightOnlyLinear(nn.Linear):
         qparams: QParams,
         input_scale: Tensor | None = None,
         bias: Tensor | None = None,
+        offset: Tensor | None = None,
     ) -> WeightOnlyLinear:
         """A layer with given integer codes (N, K) and their (S, Z) — from GPTQ, AWQ or HQQ —
-        and optionally an input scale s (x ⊘ s feeds the codes) and a replacement bias."""
+        and optionally an input scale s (x ⊘ s feeds the codes), a replacement bias and float
+        offsets O shaped like the scale (Ŵ = S·(q − Z) + O)."""
         new = cls(layer, qparams.scheme)
         qt = QTensor.from_int(codes, qparams)
         new.set_codes(qt.data, qparams, qt.packed)
@@ -68,6 +74,13 @@ class WeightOnlyLinear(nn.Linear):
                 new.input_scale.copy_(input_scale)
             if bias is not None and new.bias is not None:
                 new.bias.copy_(bias)
+        if offset is not None:
+            qparams.check_shape((new.out_features, new.in_features))
+            if offset.shape != qparams.scale.shape:
+                raise ValueError(
+                    f"offsets of shape {tuple(offset.shape)} do not fit scales of shape {tuple(qparams.scale.shape)}"
+                )
+            new.weight_offset = offset.detach().float().clone()
         new._repack()
         return new
 
@@ -87,14 +100,26 @@ class WeightOnlyLinear(nn.Linear):
                 self.weight_qparams,
                 (self.out_features, self.in_features),
                 self.packed,
+                self._offset_rows(),
             )
         except ValueError:  # a granularity or width the kernels do not take: dequantize
             self._kernel_weight = None
         self._scaled_input = bool((self.input_scale != 1).any())
         self._inv_input_scale = (1.0 / self.input_scale).contiguous()
 
-    def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
-        super()._load_from_state_dict(*args, **kwargs)  # type: ignore[arg-type]
+    def _offset_rows(self) -> Tensor | None:
+        """The offsets as (N, groups) rows, or None."""
+        if not self.weight_offset.numel():
+            return None
+        return self.weight_offset.reshape(self.out_features, -1)
+
+    def _load_from_state_dict(  # type: ignore[no-untyped-def]
+        self, state_dict, prefix, *args, **kwargs
+    ) -> None:
+        key = prefix + "weight_offset"
+        if key in state_dict:  # empty unless HQQ: take the saved shape
+            self.weight_offset = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._repack()
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
@@ -105,7 +130,12 @@ class WeightOnlyLinear(nn.Linear):
     def quantized_weight(self) -> Tensor:
         """Ŵ = S·(q − Z): the dequantized codes (of W·diag(s) when an input scale is set)."""
         qt = QTensor(self.weight_data, self.weight_qparams, self.weight_shape, self.packed)
-        return qt.dequantize()
+        w = qt.dequantize()
+        offset = self._offset_rows()
+        if offset is None:
+            return w
+        groups = offset.shape[1]
+        return (w.reshape(self.out_features, groups, -1) + offset.unsqueeze(-1)).reshape(w.shape)
 
     def dequantized_weight(self) -> Tensor:
         """The weight this layer applies to its input: Ŵ·diag(1/s)."""
