@@ -166,3 +166,58 @@ def test_digits_cnn_non_uniform_beats_uniform_at_two_bits(digits) -> None:  # ty
     q4 = quantize_weights(model, WeightSpec("kmeans", 4))
     assert accuracy(q4, data.x_test, data.y_test) >= fp32 - 1.5
     assert model_nbytes(q4) < model_nbytes(model) / 3
+
+
+# --------------------------------------------------------------------------- learned levels (QAT)
+
+
+def test_learned_codebook_gradients_are_straight_through_and_summed_per_level() -> None:
+    from zeropoint.nn.learned_codebook import LearnedCodebook
+
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(3, 2, 5, generator=g, requires_grad=True)
+    levels = torch.tensor([[-1.0, -0.2, 0.3, 1.1], [-0.5, 0.0, 0.5, 1.0], [-2.0, -1.0, 1.0, 2.0]])
+    quant = LearnedCodebook(levels, axis=0)
+    q = quant(w)
+    rows = w.detach().reshape(3, -1)
+    idx = (rows.unsqueeze(-1) - levels.unsqueeze(1)).abs().argmin(-1)  # nearest, ties lower
+    assert torch.equal(q.detach().reshape(3, -1), levels.gather(1, idx))
+    upstream = torch.randn(q.shape, generator=g)
+    q.backward(upstream)
+    assert torch.equal(w.grad, upstream)  # straight through
+    one_hot = F.one_hot(idx, 4).float()  # (3, 10, 4)
+    expected = (upstream.reshape(3, -1, 1) * one_hot).sum(1)
+    torch.testing.assert_close(quant.levels.grad, expected)
+
+
+def test_learned_binary_code_gradients() -> None:
+    from zeropoint.nn.learned_codebook import LearnedBinaryCodes
+
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(4, 12, generator=g)
+    quant = LearnedBinaryCodes(torch.tensor([[0.8, 0.3]]).expand(4, 2), axis=0)
+    q = quant(w)
+    upstream = torch.randn(q.shape, generator=g)
+    q.backward(upstream)
+    # b_j(w): the signs of the nearest of the four candidates ±0.8 ± 0.3
+    cand = torch.tensor([[s1 * 0.8 + s2 * 0.3 for s1 in (-1, 1) for s2 in (-1, 1)]])
+    signs = torch.tensor([[s1, s2] for s1 in (-1.0, 1.0) for s2 in (-1.0, 1.0)])
+    nearest = (w.unsqueeze(-1) - cand).abs().argmin(-1)
+    torch.testing.assert_close(q.detach(), cand[0][nearest])
+    torch.testing.assert_close(quant.alphas.grad, (upstream.unsqueeze(-1) * signs[nearest]).sum(1))
+
+
+def test_prepare_codebook_qat_replaces_only_the_low_bit_weights(digits) -> None:  # type: ignore[no-untyped-def]
+    from zeropoint.nn.learned_codebook import LearnedCodebook, prepare_codebook_qat
+    from zeropoint.nn.modules import QuantMixin
+
+    model, data = digits
+    qat = prepare_codebook_qat(model, zp.w2a2_qat("lsq"), bits=2, example_inputs=data.x_train[:64])
+    quants = [m.weight_quant for m in qat.modules() if isinstance(m, QuantMixin)]
+    learned = [q for q in quants if isinstance(q, LearnedCodebook)]
+    assert learned and len(learned) == len(quants) - 2  # first and last layers stay 8-bit LSQ
+    params = {id(p) for p in qat.parameters()}
+    assert all(id(q.levels) in params for q in learned)  # the optimizer will see the levels
+    loss = F.cross_entropy(qat(data.x_train[:64]), data.y_train[:64])
+    loss.backward()
+    assert all(q.levels.grad is not None and q.levels.grad.abs().sum() > 0 for q in learned)
