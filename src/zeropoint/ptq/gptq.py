@@ -215,13 +215,18 @@ def gptq_quantize(
     block_size: int = 128,
     damp: float = 0.01,
     act_order: bool = True,
+    awq_scales: bool = False,
     inplace: bool = False,
 ) -> nn.Module:
     """Weight-only quantization of every Linear the config selects (default
     ``zp.int4_weight_only()``: int4 in groups of 32) by GPTQ, layer by layer on the calibration
     data (batches, or a function that runs the model on them). Embeddings get round-to-nearest
     codes. Returns the model with `WeightOnlyLinear` layers (a copy unless ``inplace``); it saves
-    and loads with `zp.save` / `zp.load` like `zp.quantize_dynamic`'s weight-only models."""
+    and loads with `zp.save` / `zp.load` like `zp.quantize_dynamic`'s weight-only models.
+
+    ``awq_scales=True`` first searches AWQ's per-input-channel scales s for the layer
+    (`zeropoint.ptq.awq`, without its clipping search), then runs GPTQ on W·diag(s) with the
+    Hessian of the scaled inputs, diag(1/s)·H·diag(1/s); the layer keeps s as its input scale."""
     config = config or int4_weight_only()
     model = model if inplace else copy.deepcopy(model)
     targets = weight_only_targets(model, config)
@@ -231,10 +236,16 @@ def gptq_quantize(
             check_weight_scheme(scheme, module.in_features)
 
     def quantize(name: str, layer: nn.Linear, inputs: LayerInputs) -> nn.Module:
-        result = gptq_layer(
-            layer.weight, inputs.hessian(), schemes[name], block_size, damp, act_order
-        )
-        return WeightOnlyLinear.from_codes(layer, result.codes, result.qparams)
+        weight, hessian, scale = layer.weight.detach().float(), inputs.hessian(), None
+        if awq_scales:
+            from zeropoint.ptq.awq import awq_layer
+
+            scale = awq_layer(weight, inputs, schemes[name], clip=False).input_scale
+            weight = weight * scale
+            inv = 1.0 / scale.double()
+            hessian = hessian * inv.unsqueeze(0) * inv.unsqueeze(1)
+        result = gptq_layer(weight, hessian, schemes[name], block_size, damp, act_order)
+        return WeightOnlyLinear.from_codes(layer, result.codes, result.qparams, input_scale=scale)
 
     quantize_sequentially(model, list(schemes), calib_data, quantize)
     return finish_weight_only(model, config, targets)
