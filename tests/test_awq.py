@@ -73,3 +73,17 @@ def test_awq_model_layer_applies_its_input_scale() -> None:
         torch.testing.assert_close(layer(x), manual, rtol=1e-5, atol=1e-5)
         rtn = zp.quantize_dynamic(model, config)
         assert ((q(x) - ref) ** 2).mean() < 0.7 * ((rtn(x) - ref) ** 2).mean()
+
+
+def test_awq_checkpoint_keeps_the_input_scale(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    _, x = _data(3)
+    config = zp.QuantConfig(weight=SCHEME, activation=None, module_types=(nn.Linear,))
+    q = awq_quantize(model, [x], config)
+    restored = zp.load(
+        zp.save(q, tmp_path / "awq"), nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    )
+    assert torch.equal(restored[0].input_scale, q[0].input_scale)
+    with torch.no_grad():
+        assert torch.equal(restored(x), q(x))
