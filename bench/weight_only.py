@@ -14,7 +14,7 @@ processes spreads over all alike). Contenders:
   zp fp8 e4m3 ch  fp8 e4m3fn per output channel (`zeropoint.nn.codebook_weights` kind)
   torch int4pack  torch.ops.aten._weight_int4pack_mm_for_cpu (groups of 32, fp32 activations)
   torch int8pack  torch.ops.aten._weight_int8pack_mm (per channel)
-  torchao int4    torchao.quantization Int4WeightOnlyConfig(group_size=32) on CPU, if importable
+  torchao int4    torchao's Int4WeightOnlyConfig(group_size=32) where it runs on a CPU (0.18 does not)
 
 Ratios are fp32 time / contender time (> 1: faster than fp32). Targets (issue 13): zp int4 ≥ 1.5x
 fp32 at batch 1 and ≥ 1.0x at batch 8; batch 32 reported. Nothing here fails. On a shared machine
@@ -27,6 +27,7 @@ the figures are noisy: rerun before trusting a single run. Writes bench/results/
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -110,19 +111,31 @@ def contenders(layers: list[nn.Linear]) -> dict[str, Callable[[torch.Tensor], An
     return out
 
 
+TORCHAO_NOTE: list[str] = []
+
+
 def _torchao(layers: list[nn.Linear]) -> Callable[[torch.Tensor], Any] | None:
-    """torchao's int4 weight-only on CPU (Int4CPULayout), or None where it does not import."""
+    """torchao's int4 weight-only path on CPU, or None (the reason in `TORCHAO_NOTE`).
+
+    torchao 0.18 (the registry's) has no CPU int4 weight-only kernel: its packing formats need
+    CUDA (tile_packed_to_4d), the mslk package (plain) or are GPU-only (plain_int32); the older
+    Int4CPULayout (torch's _weight_int4pack_mm_for_cpu, the "torch int4pack" row) is gone.
+    Install it apart from the shared venv (``pip install --no-deps --target .torchao torchao``,
+    then PYTHONPATH=.torchao) to try a newer one."""
     try:
-        from torchao.dtypes import Int4CPULayout
         from torchao.quantization import Int4WeightOnlyConfig, quantize_
-    except Exception:
+    except Exception as exc:
+        TORCHAO_NOTE.append(f"not importable: {exc!r}"[:200])
         return None
     try:
-        model = nn.Sequential(*[nn.Linear(m.in_features, m.out_features) for m in layers])
-        model.load_state_dict(nn.Sequential(*layers).state_dict())
-        quantize_(model, Int4WeightOnlyConfig(group_size=32, layout=Int4CPULayout()))
-        return model
-    except Exception:
+        model = nn.Sequential(*[copy.deepcopy(m) for m in layers]).bfloat16()
+        quantize_(
+            model, Int4WeightOnlyConfig(group_size=32, int4_packing_format="tile_packed_to_4d")
+        )
+        model(torch.randn(1, layers[0].in_features, dtype=torch.bfloat16))
+        return lambda x: model(x.bfloat16())
+    except Exception as exc:
+        TORCHAO_NOTE.append(f"int4 weight-only does not run on this CPU: {exc!r}"[:200])
         return None
 
 
@@ -183,6 +196,8 @@ def main() -> None:
                 }
             )
     print(format_table(rows, digits={"ms/layer": 3, "vs fp32": 2}))
+    if TORCHAO_NOTE:
+        print(f"torchao: {TORCHAO_NOTE[0]}")
     results["machine"] = {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
@@ -193,6 +208,7 @@ def main() -> None:
         "size": args.size,
         "layers": args.layers,
         "reps": reps,
+        "torchao": TORCHAO_NOTE[0] if TORCHAO_NOTE else "measured",
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RESULTS, json.dumps(results, indent=1))
