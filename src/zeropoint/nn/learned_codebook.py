@@ -8,7 +8,8 @@ A weight w is sent to its nearest level (ties to the lower one); the forward val
 level, Q(w) = c_{i(w)}. Gradients (straight-through for the assignment, as in LSQ and the
 learnable non-uniform quantizers of QIT / LQ-Nets):
 
-    ∂L/∂w   = ∂L/∂Q(w)                           (the rounding passes the gradient through)
+    ∂L/∂w   = ∂L/∂Q(w) inside [min c, max c], 0 beyond (the rounding passes the gradient
+                                                  through, the clipping at the extremes does not)
     ∂L/∂c_i = Σ_{w : i(w) = i} ∂L/∂Q(w)          (each level collects the gradient of its weights)
 
 so the levels move where the loss wants the weights assigned to them, and the assignment follows
@@ -54,6 +55,15 @@ def _nearest(values: Tensor, rows: Tensor) -> Tensor:
     return order.gather(1, rank)
 
 
+def _clipped_ste(rows: Tensor, values: Tensor) -> Tensor:
+    """0 in value, the identity's gradient for weights inside [min level, max level] and 0
+    outside (as LSQ's clamp: a weight beyond the extreme levels no longer moves its output,
+    so it gets no gradient — without this the shadow weights drift without bound)."""
+    v = values.detach()
+    inside = (rows >= v.amin(1, keepdim=True)) & (rows <= v.amax(1, keepdim=True))
+    return (rows - rows.detach()) * inside
+
+
 class LearnedCodebook(nn.Module):
     """A weight quantizer with trainable levels ``levels`` (C or 1, 2^b) along ``axis``."""
 
@@ -82,7 +92,7 @@ class LearnedCodebook(nn.Module):
         rows = _rows(w, self.axis)
         levels = self.levels.expand(rows.shape[0], -1) if self.levels.shape[0] == 1 else self.levels
         q = levels.gather(1, _nearest(self.levels, rows))
-        return _unrows(q + (rows - rows.detach()), w, self.axis)
+        return _unrows(q + _clipped_ste(rows, levels), w, self.axis)
 
     def extra_repr(self) -> str:
         return f"learned codebook, {self.levels.shape[1]} levels x {self.levels.shape[0]} rows"
@@ -111,7 +121,7 @@ class LearnedBinaryCodes(nn.Module):
         values = self.alphas @ self.signs.T  # (C or 1, 2^m), differentiable in α
         values = values.expand(rows.shape[0], -1) if values.shape[0] == 1 else values
         q = values.gather(1, _nearest(values, rows))
-        return _unrows(q + (rows - rows.detach()), w, self.axis)
+        return _unrows(q + _clipped_ste(rows, values), w, self.axis)
 
 
 def codebook_regularizer(model: nn.Module, weight: float = 1e-4) -> Tensor:
