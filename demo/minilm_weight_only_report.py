@@ -93,6 +93,16 @@ def minilm_weight_only_rows(work: Path, quick: bool = False, group: int = 32) ->
     ]
     from demo.peers.ort_nbits import ort_matmul_nbits
 
+    threads = torch.get_num_threads()
+    entries.append(
+        (
+            "ONNX Runtime fp32 (reference)",
+            "32/32",
+            peers.file_size(fp32_onnx),
+            peers.ort_minilm_encoder(fp32_onnx, model, threads=threads),
+            32,
+        )
+    )
     for algo in ("rtn", "hqq", "gptq"):
         try:
             path = ort_matmul_nbits(
@@ -109,7 +119,7 @@ def minilm_weight_only_rows(work: Path, quick: bool = False, group: int = 32) ->
                 )
             )
             continue
-        encoder = peers.ort_minilm_encoder(path, model, threads=torch.get_num_threads())
+        encoder = peers.ort_minilm_encoder(path, model, threads=threads)
         entries.append(
             (
                 f"ONNX Runtime MatMulNBits {algo.upper()} (block {group})",
