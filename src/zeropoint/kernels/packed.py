@@ -137,6 +137,16 @@ class PackedWeight:
         """True when the compiled kernel can run this weight: whole bytes per row."""
         return (self.shape[1] * self.container) % 8 == 0
 
+    @property
+    def _op_args(self) -> tuple[tuple[object, ...], tuple[object, ...]]:
+        """The operators' arguments before and after x / bias (cached: built once)."""
+        cached = self.__dict__.get("_op_args_cache")
+        if cached is None:
+            args = self._args()
+            cached = (args[:5], args[5:])
+            object.__setattr__(self, "_op_args_cache", cached)
+        return cached  # type: ignore[no-any-return]
+
 
 def affine(
     data: Tensor,
@@ -221,11 +231,19 @@ def fp8(bits: Tensor, scale: Tensor, kind: str) -> PackedWeight:
     )
 
 
+_LOADED: list[bool] = []  # [True] once the library is loaded (then no lookup per call)
+
+
 def kernels_available() -> bool:
     """True when the compiled kernels are loaded (building them on first use)."""
+    if _LOADED:
+        return True
     from zeropoint.kernels.build import load
 
-    return load()
+    if load():
+        _LOADED.append(True)
+        return True
+    return False
 
 
 def linear(
@@ -237,12 +255,12 @@ def linear(
     if x.shape[-1] != k:
         raise ValueError(f"input of shape {tuple(x.shape)} does not fit a ({n}, {k}) weight")
     can = (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not (torch.is_grad_enabled() and x.requires_grad)
+        x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and not (x.requires_grad and torch.is_grad_enabled())
         and weight.kernel_ready()
     )
-    use = can and kernels_available() if kernel is None else kernel
+    use = (can and kernels_available()) if kernel is None else kernel
     if use and not can:
         raise ValueError("the compiled kernel needs float32 CPU input without autograd")
     if use and not kernels_available():
@@ -250,13 +268,16 @@ def linear(
     if not use:
         w = weight.dequantize().to(device=x.device, dtype=x.dtype)
         return F.linear(x, w, None if bias is None else bias.to(x.dtype))
-    x2 = x.reshape(-1, k).contiguous()
-    b = None if bias is None else bias.float().contiguous()
-    ops = torch.ops.zeropoint_wo
+    x2 = x.reshape(-1, k)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
+        bias = bias.float().contiguous()
+    head, tail = weight._op_args
     if x2.shape[0] <= KERNEL_ROWS:
-        y = ops.linear(x2, *weight._args()[:5], b, *weight._args()[5:])
+        y = torch.ops.zeropoint_wo.linear(x2, *head, bias, *tail)
     else:
-        y = ops.linear_tiled(x2, *weight._args()[:5], b, *weight._args()[5:], TILE_ROWS)
+        y = torch.ops.zeropoint_wo.linear_tiled(x2, *head, bias, *tail, TILE_ROWS)
     return y.reshape(*x.shape[:-1], n)
 
 
