@@ -233,7 +233,8 @@ def export_weight_only_onnx(
     if quantized - found:
         warnings.warn(
             f"{len(quantized - found)} quantized layer(s) kept as float weights in the ONNX file "
-            f"(not expressible, or weight not found): {sorted(quantized - found)[:5]}",
+            f"(MatMulNBits cannot hold them, or they are not in the exported graph): "
+            f"{sorted(quantized - found)[:5]}",
             RuntimeWarning,
             stacklevel=2,
         )
