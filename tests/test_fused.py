@@ -14,9 +14,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from tests.test_functional import _onnx_quantize
 
 import zeropoint as zp
+from tests.test_functional import _onnx_quantize
 from zeropoint import fused
 from zeropoint.functional import dequantize_int
 
