@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, fx, nn
 
 from zeropoint.nn.quantizers import FakeQuant
+from zeropoint.ops.pooling import SimulatedAverage
+from zeropoint.ops.table import spec_for
 from zeropoint.qparams import QParams
 from zeropoint.workflows.graph import state_of, tensor_inputs
 
@@ -252,6 +254,10 @@ class _Builder:
         if isinstance(module, FakeQuant):
             self.visit_quantizer(node, module)
             return
+        if isinstance(module, SimulatedAverage):  # lowered as the operation it wraps
+            wrapped = module.original if isinstance(module.original, nn.Module) else None
+            self.visit_table_op(node, wrapped, spec_for(module.kind), module.where)
+            return
         spec = self.find_op(node, module)
         if spec is None:
             self.alias[node] = self.float_op(node, module).output
@@ -291,7 +297,9 @@ class _Builder:
             QOp(kind, [src], node.name, qp, where=where_of(node), shape=self.shape(node))
         ).output
 
-    def visit_table_op(self, node: fx.Node, module: nn.Module | None, spec: Any) -> None:
+    def visit_table_op(
+        self, node: fx.Node, module: nn.Module | None, spec: Any, where: str | None = None
+    ) -> None:
         ins = [self.alias[a] for a in self.tensor_args(node)]
         if not ins:  # e.g. indexing the tuple a float op returned
             self.alias[node] = self.float_op(node, module).output
@@ -315,7 +323,7 @@ class _Builder:
             self.alias[node] = self.float_op(node, module).output
             return
         ctx = LowerContext(node, module, self.root, ins, self.edges, self.shapes,
-                           self.shape(node), where_of(node), self.values)  # fmt: skip
+                           self.shape(node), where or where_of(node), self.values)  # fmt: skip
         attrs = spec.lower(ctx) if spec.lower is not None else {}
         out_qp = self.edges[ins[0]] if spec.role == "shared" else None
         op = QOp(spec.kind, ins, node.name, out_qp, attrs=attrs, where=ctx.where,

@@ -22,7 +22,6 @@ from torch import Tensor
 
 from zeropoint.engine.conv import Layout, as_pair, nchw_view, to_layout
 from zeropoint.engine.fixedpoint import (
-    Rounding,
     multiply_by_quantized_multiplier,
     quantize_multipliers,
 )
@@ -83,14 +82,25 @@ def _window_counts(size: int, out: int, k: int, s: int, p: int, include_pad: boo
     return torch.minimum(start + k, torch.tensor(size)) - start.clamp(min=0)
 
 
-def _requantize_sums(
+def requantize_means(
     sums: Tensor, counts: Tensor, x_scale: float, out_scale: float, out_zp: int,
-    dtype: torch.dtype, rounding: Rounding = "double", clamp: tuple[int, int] | None = None,
+    dtype: torch.dtype, rounding: str = "double", clamp: tuple[int, int] | None = None,
 ) -> Tensor:  # fmt: skip
-    """clamp(Z_y + MBQM(sum, S_x/(S_y·count))) with one multiplier per distinct count."""
-    m0, shift = quantize_multipliers(x_scale / (out_scale * counts.to(torch.float64)))
-    y = multiply_by_quantized_multiplier(sums, m0, shift, rounding) + out_zp
+    """clamp(Z_y + round(sum · S_x / (S_y · count))): window sums (integers, any shape) to output
+    codes, ``counts`` broadcasting against the trailing dimensions of ``sums``.
+
+    "single" / "double": M = S_x/(S_y·count) as M0·2^−n, one multiplier per distinct count
+    (TFLite's single rounding, gemmlowp's double rounding). "float32" (what ONNX Runtime and the
+    simulation do: average in float, round half to even): the exact mean rounded half to even —
+    sum·S_x and S_y·count are exact in float64 (below 2^53), so their quotient is the real value
+    correctly rounded, and a mean that lies exactly on a tie (frequent: sum/count = k + ½) stays
+    one."""
     lo, hi = clamp if clamp is not None else dtype_range(dtype)
+    if rounding == "float32":
+        v = sums.to(torch.float64) * float(x_scale) / (counts.to(torch.float64) * float(out_scale))
+        return v.round_().add_(out_zp).clamp_(lo, hi).to(dtype)
+    m0, shift = quantize_multipliers(x_scale / (out_scale * counts.to(torch.float64)))
+    y = multiply_by_quantized_multiplier(sums, m0, shift, rounding) + out_zp  # type: ignore[arg-type]
     return y.clamp_(lo, hi).to(dtype)
 
 
@@ -113,7 +123,7 @@ def avg_pool2d(
     stride: int | tuple[int, int] | None = None, padding: int | tuple[int, int] = 0,
     ceil_mode: bool = False, count_include_pad: bool = True, *, x_scale: float = 1.0,
     out_scale: float | None = None, out_zero_point: int | None = None, layout: Layout = "NCHW",
-    rounding: Rounding = "double", clamp: tuple[int, int] | None = None,
+    rounding: str = "double", clamp: tuple[int, int] | None = None,
     divisor: int | None = None,
 ) -> Tensor:  # fmt: skip
     """Average pooling, torch semantics; output (S, Z) defaults to the input's (module docstring).
@@ -134,7 +144,7 @@ def avg_pool2d(
         ch = _window_counts(x.shape[2], h_out, k[0], s[0], p[0], count_include_pad)
         cw = _window_counts(x.shape[3], w_out, k[1], s[1], p[1], count_include_pad)
         counts = ch[:, None] * cw[None, :]
-    y = _requantize_sums(sums, counts, sx, sy, zy, q_x.dtype, rounding, clamp)
+    y = requantize_means(sums, counts, sx, sy, zy, q_x.dtype, rounding, clamp)
     return to_layout(y, layout)
 
 
@@ -174,3 +184,44 @@ def global_avg_pool2d(
         raise ValueError(f"global_avg_pool2d needs H·W > 0, got shape {tuple(q_x.shape)}")
     y = global_avg_pool2d_nchw(x, x_zero_point, pool_requantizer(count, sx, sy, zy, q_x.dtype))
     return to_layout(y, layout)
+
+
+def avg_pool2d_float32(
+    q_x: Tensor, x_zero_point: int, kernel_size: tuple[int, int], stride: tuple[int, int],
+    padding: tuple[int, int], ceil_mode: bool, count_include_pad: bool, *, x_scale: float,
+    out_scale: float, out_zero_point: int, clamp: tuple[int, int] | None = None,
+    divisor: int | None = None,
+) -> Tensor:  # fmt: skip
+    """Average pooling in ONNX Runtime's float32 arithmetic (QLinearAveragePool), bit for bit:
+    each code dequantized, x̂ = fl32(S_x·(q − Z_x)); the window's values added in float32 in
+    row-major order; divided by the count; q_y = rne(fl32(fl32(ȳ / S_y) + Z_y)) — the zero point
+    is added before rounding, so ties round to even in the final code. A mean that lies on a
+    rounding tie (frequent with small windows) then rounds as ONNX Runtime rounds it. The count
+    follows torch's semantics (``count_include_pad``: the window clipped to the padded input)."""
+    _codes(q_x)
+    k, s, p = kernel_size, stride, padding
+    x = (q_x.to(torch.int32) - x_zero_point).to(torch.float32) * torch.tensor(
+        float(x_scale), dtype=torch.float32
+    )
+    ref = F.avg_pool2d(x[:1, :1], k, s, p, ceil_mode, count_include_pad)  # the output size
+    h_out, w_out = ref.shape[-2:]
+    pad_b = max(0, (h_out - 1) * s[0] + k[0] - x.shape[2] - p[0])
+    pad_r = max(0, (w_out - 1) * s[1] + k[1] - x.shape[3] - p[1])
+    xp = F.pad(x, (p[1], pad_r, p[0], pad_b))  # +0.0 where torch pads: sums unchanged
+    acc = torch.zeros(x.shape[0], x.shape[1], h_out, w_out, dtype=torch.float32)
+    for u in range(k[0]):
+        for v in range(k[1]):
+            acc += xp[
+                :, :, u : u + s[0] * (h_out - 1) + 1 : s[0], v : v + s[1] * (w_out - 1) + 1 : s[1]
+            ]
+    if divisor is not None:
+        counts = torch.full((h_out, w_out), float(divisor))
+    else:
+        ch = _window_counts(x.shape[2], h_out, k[0], s[0], p[0], count_include_pad)
+        cw = _window_counts(x.shape[3], w_out, k[1], s[1], p[1], count_include_pad)
+        counts = (ch[:, None] * cw[None, :]).to(torch.float32)
+    y = acc / counts
+    s_y = torch.tensor(float(out_scale), dtype=torch.float32)
+    q = (y / s_y + float(out_zero_point)).round_()
+    lo, hi = clamp if clamp is not None else dtype_range(q_x.dtype)
+    return q.clamp_(lo, hi).to(q_x.dtype)

@@ -220,7 +220,8 @@ def to_integer(
       fixed-point form for targets without float;
     * "double": gemmlowp's SaturatingRoundingDoublingHighMul then RoundingDivideByPOT, bit for bit.
 
-    Average pools and means use M0·2^−n with single rounding under "float32".
+    Average pools and means divide exactly and round half to even under "float32" (as ONNX
+    Runtime and the simulation average in float), and use M0·2^−n under "single" / "double".
     """
     if rounding is None:
         rounding = state_of(model).config.requantization

@@ -78,12 +78,6 @@ def layer_requantizer(
     return Requantizer.from_multiplier(m, z_y, dtype, lo, hi, rounding)  # type: ignore[arg-type]
 
 
-def fixed_point_rounding(rounding: str) -> str:
-    """The M0·2^−n rounding for kernels that have no float32 form (pools, means): "single"
-    stands in for "float32" (one rounding, like ONNX Runtime's)."""
-    return "single" if rounding == "float32" else rounding
-
-
 def levels(qp: QParams) -> Tensor:
     """The real values of all 256 codes of an 8-bit grid, indexed by the code's byte
     (two's complement for int8: byte 255 is the code −1), as the simulation computes them."""
@@ -127,7 +121,6 @@ __all__ = [
     "byte_index",
     "clip_codes",
     "engine_dtype",
-    "fixed_point_rounding",
     "gather",
     "graph_edge",
     "grid",

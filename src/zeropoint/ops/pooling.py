@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from zeropoint.engine import elementwise as ew
-from zeropoint.engine.fixedpoint import quantize_multipliers
-from zeropoint.engine.requantize import Requantizer, dtype_range
-from zeropoint.ops.common import clip_codes, engine_dtype, fixed_point_rounding, grid
+from zeropoint.engine.requantize import dtype_range
+from zeropoint.functional import dequantize_int, quantize_int
+from zeropoint.ops.common import clip_codes, engine_dtype, grid
 from zeropoint.ops.spec import Kernel, OpSpec
 
 if TYPE_CHECKING:
@@ -54,20 +54,13 @@ def _lower_avg_pool(ctx: LowerContext) -> dict[str, Any]:
 def _requantize(
     sums: Tensor, counts: Tensor, op: QOp, graph: QGraph, rounding: str, bound: int
 ) -> Tensor:
-    """clamp(Z_y + MBQM(sums, S_x/(S_y·count))) with one multiplier per position of ``counts``
-    (broadcast over the leading dimensions of ``sums``)."""
+    """Window sums to output codes, one divisor per position of ``counts``
+    (`engine.elementwise.requantize_means`)."""
     s_x, _ = grid(graph.edges[op.inputs[0]], f"input of {op.where}")
     assert op.out_qparams is not None
     s_y, z_y = grid(op.out_qparams, f"output of {op.where}")
-    lo, hi = clip_codes(op)
     dtype = engine_dtype(op.out_qparams)
-    flat = counts.reshape(-1).to(torch.float64)
-    m0, shift = quantize_multipliers(s_x / (s_y * flat))
-    rounding = fixed_point_rounding(rounding)
-    rq = Requantizer(m0, shift, z_y, dtype, lo, hi, rounding)  # type: ignore[arg-type]
-    lead = sums.shape[: sums.dim() - counts.dim()]
-    y = rq.apply(sums.reshape(*lead, -1).reshape(-1, flat.numel()), -1, bound)
-    return y.reshape(sums.shape)
+    return ew.requantize_means(sums, counts, s_x, s_y, z_y, dtype, rounding, clip_codes(op))
 
 
 def _centred(q: Tensor, z: int, count: int) -> tuple[Tensor, int]:
@@ -91,11 +84,17 @@ def _avg_pool_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
 
     def run(x: list[Tensor]) -> Tensor:
         q = x[0] if dims == 2 else x[0].unsqueeze(2)
+        if rounding == "float32":  # ONNX Runtime's QLinearAveragePool arithmetic
+            y = ew.avg_pool2d_float32(
+                q, z, tuple(k), tuple(s), tuple(p), bool(a["ceil_mode"]),  # type: ignore[arg-type]
+                bool(a["count_include_pad"]), x_scale=s_x, out_scale=s_y, out_zero_point=z_y,
+                clamp=clamp, divisor=a.get("divisor"),
+            )  # fmt: skip
+            return y if dims == 2 else y.squeeze(2)
         y = ew.avg_pool2d(
             q, z, tuple(k), tuple(s), tuple(p), bool(a["ceil_mode"]),
             bool(a["count_include_pad"]), x_scale=s_x, out_scale=s_y, out_zero_point=z_y,
-            rounding=fixed_point_rounding(rounding), clamp=clamp,  # type: ignore[arg-type]
-            divisor=a.get("divisor"),
+            rounding=rounding, clamp=clamp, divisor=a.get("divisor"),
         )  # fmt: skip
         return y if dims == 2 else y.squeeze(2)
 
@@ -217,3 +216,90 @@ SPECS = [
     OpSpec("mean", "requant", functions=(torch.mean,), methods=("mean",), when=_is_reduction,
            lower=_lower_mean, kernel=_mean_kernel, emit=_emit_mean, doc="mean over dimensions"),
 ]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the simulation
+
+#: the kinds whose float simulation cannot reproduce the integer result at exact ties
+AVERAGES = ("avg_pool", "adaptive_avg_pool", "mean")
+
+
+class _CallContext:
+    """What an entry's ``lower`` reads, taken from an actual call instead of an fx node."""
+
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any], module: nn.Module | None,
+                 out_shape: tuple[int, ...]) -> None:  # fmt: skip
+        self.args, self.kwargs, self.module = args, kwargs, module
+        self.inputs = ["x"]
+        self.shapes = {"x": tuple(args[0].shape)}
+        self.shape = out_shape
+
+    def arg(self, index: int, name: str, default: Any = None) -> Any:
+        return self.args[index] if index < len(self.args) else self.kwargs.get(name, default)
+
+
+class SimulatedAverage(nn.Module):
+    """An average pool / adaptive pool / mean of the converted simulation. Training and
+    calibration run the original float operation; at inference (eval mode, no gradient, grids
+    frozen) it runs the integer program's kernel on its input codes, so that a mean lying
+    exactly on a rounding tie — frequent: sum/count = k + ½ — rounds as the program rounds it
+    (a float average of the dequantized values breaks such ties by its own rounding errors).
+    Lowering reads it as the operation it wraps."""
+
+    def __init__(self, kind: str, original: Any, where: str, in_grid: Any, out_grid: Any,
+                 rounding: str) -> None:  # fmt: skip
+        super().__init__()
+        if kind not in AVERAGES:
+            raise ValueError(f"SimulatedAverage wraps {AVERAGES}, not {kind!r}")
+        self.kind, self.where, self.rounding = kind, where, rounding
+        self.original = original  # a module (registered), a function, or a method name
+        self.__dict__["in_grid"], self.__dict__["out_grid"] = in_grid, out_grid
+        self.__dict__["_kernels"] = {}
+
+    def float_forward(self, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(self.original, str):
+            return getattr(args[0], self.original)(*args[1:], **kwargs)
+        return self.original(*args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        y = self.float_forward(*args, **kwargs)
+        if self.training or torch.is_grad_enabled() or not isinstance(args[0], Tensor):
+            return y
+        from zeropoint.nn.modules import frozen_qparams
+
+        x_qp = frozen_qparams(self.__dict__["in_grid"].quantizer())
+        y_qp = frozen_qparams(self.__dict__["out_grid"].quantizer())
+        if x_qp is None or y_qp is None:
+            return y
+        x = args[0]
+        key = (tuple(x.shape), repr(x_qp), float(x_qp.scale), repr(y_qp), float(y_qp.scale))
+        kernels: dict[Any, Kernel] = self.__dict__["_kernels"]
+        if key not in kernels:
+            kernels.clear()
+            kernels[key] = self._kernel(args, kwargs, tuple(y.shape), x_qp, y_qp)
+        codes = quantize_int(x.float(), x_qp).to(engine_dtype(x_qp))
+        out = dequantize_int(kernels[key]([codes]), y_qp).reshape(y.shape)
+        return out.contiguous(memory_format=_memory_format(y))
+
+    def _kernel(self, args: tuple[Any, ...], kwargs: dict[str, Any], out_shape: tuple[int, ...],
+                x_qp: Any, y_qp: Any) -> Kernel:  # fmt: skip
+        from zeropoint.lowering import QGraph, QOp
+        from zeropoint.ops.table import spec_for
+
+        spec = spec_for(self.kind)
+        module = self.original if isinstance(self.original, nn.Module) else None
+        assert spec.lower is not None and spec.kernel is not None
+        attrs = spec.lower(_CallContext(args, kwargs, module, out_shape))  # type: ignore[arg-type]
+        op = QOp(self.kind, ["x"], "y", y_qp, None, attrs, self.where, out_shape)
+        graph = QGraph([op], {"x": x_qp, "y": y_qp}, ["x"], ["y"],
+                       {"x": tuple(args[0].shape), "y": out_shape})  # fmt: skip
+        return spec.kernel(op, graph, self.rounding)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind} ({self.where}), exact at inference"
+
+
+def _memory_format(t: Tensor) -> torch.memory_format:
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and t.shape[1] > 1:
+        return torch.channels_last
+    return torch.contiguous_format

@@ -364,6 +364,7 @@ class _Placer:
                 continue
             self.visit(node, spec)
         self._link_layers()
+        self._wrap_averages()
         self.gm.graph.lint()
 
     def visit(self, node: fx.Node, spec: Any) -> None:
@@ -417,6 +418,46 @@ class _Placer:
             )
             layer.__dict__["requantization"] = rounding
         self.state.edges = {k: v for k, v in self.state.edges.items() if v}
+
+    def _wrap_averages(self) -> None:
+        """Average pools and means whose input and output are quantized become
+        `SimulatedAverage` modules (exact at inference, the float op otherwise)."""
+        from zeropoint.lowering import where_of
+        from zeropoint.ops.pooling import AVERAGES, SimulatedAverage
+
+        rounding = self.state.config.requantization
+        ops = nn.ModuleDict()
+        self.model.add_module("sim_ops", ops)
+        self.gm.add_module("sim_ops", ops)
+        graph = self.gm.graph
+        for node in list(graph.nodes):
+            spec = self.spec(node)
+            if spec is None or spec.kind not in AVERAGES:
+                continue
+            first = next((a for a in tensor_inputs(node) if self.quantizable(a)), None)
+            out, _ = self._output_of(node)
+            if first is None or first not in self.grid or out is None:
+                continue
+            module = module_of(self.model, node)
+            original: Any = (
+                module
+                if module is not None
+                else (str(node.target) if node.op == "call_method" else node.target)
+            )
+            key = _safe(node.name)
+            ops[key] = SimulatedAverage(
+                spec.kind, original, where_of(node), GridRef(self.act_quant, self.grid[first]),
+                GridRef(self.act_quant, out), rounding,
+            )  # fmt: skip
+            with graph.inserting_after(node):
+                new = graph.call_module(f"sim_ops.{key}", node.args, node.kwargs)
+            new.meta = dict(node.meta)
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+            if node in self.grid:
+                self.grid[new] = self.grid.pop(node)
+        if not len(ops):
+            del self.model.sim_ops, self.gm.sim_ops
 
     def _output_of(self, node: fx.Node) -> tuple[str | None, fx.Node | None]:
         """The act_quant key the layer's output is quantized by, and the clip fused before it."""
