@@ -136,7 +136,7 @@ def test_every_2d_operation_deploys_with_three_executions_agreeing(
     model, calib, test = conv2d_zoo
     d = deploy(model, calib, test, tmp_path)
     kinds = {s.kind for s in d.program.steps}
-    assert {"conv2d", "channel_affine", "pad", "unary_table", "binary_table", "mean",
+    assert {"conv2d", "channel_affine", "pad", "unary_table", "binary_table", "add", "mean",
             "conv_transpose2d", "upsample_nearest", "cat", "max_pool", "avg_pool",
             "adaptive_avg_pool", "getitem", "permute", "reshape", "linear", "table",
             "relu_codes"} <= kinds  # fmt: skip

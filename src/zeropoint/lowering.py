@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from zeropoint.nn.quantizers import FakeQuant
-from zeropoint.ops.pooling import SimulatedAverage
+from zeropoint.ops.simulated import SimulatedOp
 from zeropoint.ops.table import spec_for
 from zeropoint.qparams import QParams
 from zeropoint.workflows.graph import state_of, tensor_inputs
@@ -254,7 +254,7 @@ class _Builder:
         if isinstance(module, FakeQuant):
             self.visit_quantizer(node, module)
             return
-        if isinstance(module, SimulatedAverage):  # lowered as the operation it wraps
+        if isinstance(module, SimulatedOp):  # lowered as the operation it wraps
             wrapped = module.original if isinstance(module.original, nn.Module) else None
             self.visit_table_op(node, wrapped, spec_for(module.kind), module.where)
             return

@@ -285,7 +285,10 @@ def _rebuild(model: nn.Module, doc: Document) -> nn.Module:
         template = copy.deepcopy(model).eval()
         with warnings.catch_warnings():  # the capture is compared below
             warnings.filterwarnings("ignore", message="torch.fx could not capture")
-            rebuilt = prepare(template, doc.config, inplace=True)
+            # a QAT model was converted to frozen quantizers: the same structure static
+            # preparation builds (learnable quantizers are a training-time matter)
+            rebuilt = prepare(template, doc.config.with_(learnable=None), inplace=True)
+        state_of(rebuilt).config = doc.config
     capture = state_of(rebuilt).capture
     if capture != doc.capture:
         raise ValueError(

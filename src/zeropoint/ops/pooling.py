@@ -20,7 +20,6 @@ from torch import Tensor, fx, nn
 
 from zeropoint.engine import elementwise as ew
 from zeropoint.engine.requantize import dtype_range
-from zeropoint.functional import dequantize_int, quantize_int
 from zeropoint.ops.common import clip_codes, engine_dtype, grid
 from zeropoint.ops.spec import Kernel, OpSpec
 
@@ -216,90 +215,3 @@ SPECS = [
     OpSpec("mean", "requant", functions=(torch.mean,), methods=("mean",), when=_is_reduction,
            lower=_lower_mean, kernel=_mean_kernel, emit=_emit_mean, doc="mean over dimensions"),
 ]  # fmt: skip
-
-
-# ----------------------------------------------------------------------------- the simulation
-
-#: the kinds whose float simulation cannot reproduce the integer result at exact ties
-AVERAGES = ("avg_pool", "adaptive_avg_pool", "mean")
-
-
-class _CallContext:
-    """What an entry's ``lower`` reads, taken from an actual call instead of an fx node."""
-
-    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any], module: nn.Module | None,
-                 out_shape: tuple[int, ...]) -> None:  # fmt: skip
-        self.args, self.kwargs, self.module = args, kwargs, module
-        self.inputs = ["x"]
-        self.shapes = {"x": tuple(args[0].shape)}
-        self.shape = out_shape
-
-    def arg(self, index: int, name: str, default: Any = None) -> Any:
-        return self.args[index] if index < len(self.args) else self.kwargs.get(name, default)
-
-
-class SimulatedAverage(nn.Module):
-    """An average pool / adaptive pool / mean of the converted simulation. Training and
-    calibration run the original float operation; at inference (eval mode, no gradient, grids
-    frozen) it runs the integer program's kernel on its input codes, so that a mean lying
-    exactly on a rounding tie — frequent: sum/count = k + ½ — rounds as the program rounds it
-    (a float average of the dequantized values breaks such ties by its own rounding errors).
-    Lowering reads it as the operation it wraps."""
-
-    def __init__(self, kind: str, original: Any, where: str, in_grid: Any, out_grid: Any,
-                 rounding: str) -> None:  # fmt: skip
-        super().__init__()
-        if kind not in AVERAGES:
-            raise ValueError(f"SimulatedAverage wraps {AVERAGES}, not {kind!r}")
-        self.kind, self.where, self.rounding = kind, where, rounding
-        self.original = original  # a module (registered), a function, or a method name
-        self.__dict__["in_grid"], self.__dict__["out_grid"] = in_grid, out_grid
-        self.__dict__["_kernels"] = {}
-
-    def float_forward(self, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(self.original, str):
-            return getattr(args[0], self.original)(*args[1:], **kwargs)
-        return self.original(*args, **kwargs)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        y = self.float_forward(*args, **kwargs)
-        if self.training or torch.is_grad_enabled() or not isinstance(args[0], Tensor):
-            return y
-        from zeropoint.nn.modules import frozen_qparams
-
-        x_qp = frozen_qparams(self.__dict__["in_grid"].quantizer())
-        y_qp = frozen_qparams(self.__dict__["out_grid"].quantizer())
-        if x_qp is None or y_qp is None:
-            return y
-        x = args[0]
-        key = (tuple(x.shape), repr(x_qp), float(x_qp.scale), repr(y_qp), float(y_qp.scale))
-        kernels: dict[Any, Kernel] = self.__dict__["_kernels"]
-        if key not in kernels:
-            kernels.clear()
-            kernels[key] = self._kernel(args, kwargs, tuple(y.shape), x_qp, y_qp)
-        codes = quantize_int(x.float(), x_qp).to(engine_dtype(x_qp))
-        out = dequantize_int(kernels[key]([codes]), y_qp).reshape(y.shape)
-        return out.contiguous(memory_format=_memory_format(y))
-
-    def _kernel(self, args: tuple[Any, ...], kwargs: dict[str, Any], out_shape: tuple[int, ...],
-                x_qp: Any, y_qp: Any) -> Kernel:  # fmt: skip
-        from zeropoint.lowering import QGraph, QOp
-        from zeropoint.ops.table import spec_for
-
-        spec = spec_for(self.kind)
-        module = self.original if isinstance(self.original, nn.Module) else None
-        assert spec.lower is not None and spec.kernel is not None
-        attrs = spec.lower(_CallContext(args, kwargs, module, out_shape))  # type: ignore[arg-type]
-        op = QOp(self.kind, ["x"], "y", y_qp, None, attrs, self.where, out_shape)
-        graph = QGraph([op], {"x": x_qp, "y": y_qp}, ["x"], ["y"],
-                       {"x": tuple(args[0].shape), "y": out_shape})  # fmt: skip
-        return spec.kernel(op, graph, self.rounding)
-
-    def extra_repr(self) -> str:
-        return f"{self.kind} ({self.where}), exact at inference"
-
-
-def _memory_format(t: Tensor) -> torch.memory_format:
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and t.shape[1] > 1:
-        return torch.channels_last
-    return torch.contiguous_format

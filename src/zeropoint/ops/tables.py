@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from zeropoint.ops.common import byte_index, engine_dtype, gather, levels, table_codes
+from zeropoint.ops.common import byte_index, clip_codes, engine_dtype, gather, levels, table_codes
 from zeropoint.ops.spec import Kernel, OpSpec
 
 if TYPE_CHECKING:
@@ -138,6 +138,78 @@ def _finalize_binary(op: QOp, graph: QGraph) -> None:
     assert qa is not None and qb is not None
     values = evaluate(op, [levels(qa).view(256, 1), levels(qb).view(1, 256)])
     op.attrs["table"] = table_codes(values.expand(256, 256).reshape(-1), op)
+
+
+def _plain_add(node: fx.Node, module: nn.Module | None) -> bool:
+    """a + b of two tensors, without torch.add's alpha."""
+    return bool(
+        _two_tensors(node, module) and node.kwargs.get("alpha", 1) == 1 and len(node.args) <= 2
+    )
+
+
+def _lower_add(ctx: Any) -> dict[str, Any]:
+    """Which operand ONNX Runtime's broadcasting loop treats as a scalar (its QLinearAdd
+    rounds that case differently): "a", "b" or "none" (same shapes)."""
+    a, b = (tuple(ctx.shapes[i]) for i in ctx.inputs[:2])
+    if a == b:
+        return {"scalar": "none"}
+    return {"scalar": "b" if math.prod(b) < math.prod(a) else "a"}
+
+
+def _r32(x: Tensor | float) -> Tensor:
+    """Round float64 values to float32 (and back to float64 for exact further arithmetic)."""
+    return torch.as_tensor(x, dtype=torch.float64).float().double()
+
+
+def ort_add_table(qa: Any, qb: Any, op: QOp, scalar: str) -> Tensor:
+    """q_y for every pair of codes as ONNX Runtime's AVX2 QLinearAdd computes it, bit for bit:
+    r_a = fl32(S_a/S_y), r_b = fl32(S_b/S_y), F = fl32(Z_y − fl32(fl32(r_a·Z_a) + fl32(r_b·Z_b))),
+    v = fma(q_a, r_a, fma(q_b, r_b, F)) in float32 (one rounding per fused multiply-add; float64
+    holds each product and sum exactly), q_y = rne(v) saturated — or, where one operand is
+    broadcast as a scalar, F' = fl32(F + fl32(q_s·r_s)) and v = fma(q, r, F')."""
+    qy = op.out_qparams
+    assert qy is not None
+    ra = _r32(_r32(float(qa.scale)) / _r32(float(qy.scale)))
+    rb = _r32(_r32(float(qb.scale)) / _r32(float(qy.scale)))
+    za, zb, zy = int(qa.zero_point), int(qb.zero_point), int(qy.zero_point)
+    fixed = _r32(_r32(float(zy)) - _r32(_r32(ra * za) + _r32(rb * zb)))
+    ca = _codes_by_byte(qa).view(256, 1)
+    cb = _codes_by_byte(qb).view(1, 256)
+    if scalar == "b":
+        v = _r32(ca * ra + _r32(fixed + _r32(cb * rb)))
+    elif scalar == "a":
+        v = _r32(cb * rb + _r32(fixed + _r32(ca * ra)))
+    else:
+        v = _r32(ca * ra + _r32(cb * rb + fixed))
+    lo, hi = clip_codes(op)
+    return v.round().clamp(lo, hi).to(engine_dtype(qy)).reshape(-1)
+
+
+def _codes_by_byte(qp: Any) -> Tensor:
+    """The code of each byte value, as float64 (byte 255 is −1 for int8)."""
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(engine_dtype(qp))
+    return codes.to(torch.float64)
+
+
+def _add_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
+    """a + b as a table: ONNX Runtime's QLinearAdd arithmetic under "float32" requantization,
+    the simulation's float sum otherwise."""
+    qa, qb = graph.edges[op.inputs[0]], graph.edges[op.inputs[1]]
+    assert qa is not None and qb is not None
+    if rounding == "float32":
+        table = ort_add_table(qa, qb, op, str(op.attrs.get("scalar", "none")))
+    else:
+        table = table_codes((levels(qa).view(256, 1) + levels(qb).view(1, 256)).reshape(-1), op)
+
+    def run(x: list[Tensor]) -> Tensor:
+        index = torch.add(x[1].view(torch.uint8), x[0].view(torch.uint8).to(torch.int32), alpha=256)
+        return gather(table, index)
+
+    return run
+
+
+def _emit_add(b: Any, op: QOp, graph: QGraph, ins: list[str]) -> str:
+    return b.node("Add", ins[:2])  # type: ignore[no-any-return]
 
 
 def _unary_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
@@ -329,7 +401,12 @@ def _emit_cat(b: Any, op: QOp, graph: QGraph, ins: list[str]) -> str:
     return b.node("Concat", ins, axis=int(op.attrs["dim"]))  # type: ignore[no-any-return]
 
 
+ADD_FUNCTIONS: tuple[Any, ...] = (operator.add, torch.add, operator.iadd)
+
 SPECS = [
+    OpSpec("add", "requant", functions=ADD_FUNCTIONS, methods=("add", "add_"), when=_plain_add,
+           lower=_lower_add, kernel=_add_kernel, emit=_emit_add, fuses_clip=True,
+           doc="a + b: ONNX Runtime's QLinearAdd arithmetic as a 65,536-entry table"),
     OpSpec("unary_table", "requant", modules=UNARY_MODULES,
            functions=UNARY_FUNCTIONS + BINARY_FUNCTIONS, methods=UNARY_METHODS + BINARY_METHODS,
            when=_one_tensor, finalize=_finalize_unary, kernel=_unary_kernel, emit=_emit_unary,

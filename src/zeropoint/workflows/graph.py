@@ -364,7 +364,7 @@ class _Placer:
                 continue
             self.visit(node, spec)
         self._link_layers()
-        self._wrap_averages()
+        self._wrap_simulated()
         self.gm.graph.lint()
 
     def visit(self, node: fx.Node, spec: Any) -> None:
@@ -419,11 +419,12 @@ class _Placer:
             layer.__dict__["requantization"] = rounding
         self.state.edges = {k: v for k, v in self.state.edges.items() if v}
 
-    def _wrap_averages(self) -> None:
-        """Average pools and means whose input and output are quantized become
-        `SimulatedAverage` modules (exact at inference, the float op otherwise)."""
+    def _wrap_simulated(self) -> None:
+        """Averages and additions whose inputs and output are quantized become `SimulatedOp`
+        modules (the program's kernel at inference, the float op otherwise)."""
         from zeropoint.lowering import where_of
-        from zeropoint.ops.pooling import AVERAGES, SimulatedAverage
+        from zeropoint.ops.simulated import SIMULATED_KINDS, SimulatedOp
+        from zeropoint.ops.table import clip_bounds
 
         rounding = self.state.config.requantization
         ops = nn.ModuleDict()
@@ -432,11 +433,11 @@ class _Placer:
         graph = self.gm.graph
         for node in list(graph.nodes):
             spec = self.spec(node)
-            if spec is None or spec.kind not in AVERAGES:
+            if spec is None or spec.kind not in SIMULATED_KINDS:
                 continue
-            first = next((a for a in tensor_inputs(node) if self.quantizable(a)), None)
-            out, _ = self._output_of(node)
-            if first is None or first not in self.grid or out is None:
+            ins = [a for a in tensor_inputs(node) if self.quantizable(a)]
+            out, clip = self._output_of(node)
+            if not ins or any(a not in self.grid for a in ins) or out is None:
                 continue
             module = module_of(self.model, node)
             original: Any = (
@@ -445,9 +446,11 @@ class _Placer:
                 else (str(node.target) if node.op == "call_method" else node.target)
             )
             key = _safe(node.name)
-            ops[key] = SimulatedAverage(
-                spec.kind, original, where_of(node), GridRef(self.act_quant, self.grid[first]),
-                GridRef(self.act_quant, out), rounding,
+            bounds = None if clip is None else clip_bounds(clip, module_of(self.model, clip), {})
+            ops[key] = SimulatedOp(
+                spec.kind, original, where_of(node),
+                [GridRef(self.act_quant, self.grid[a]) for a in ins],
+                GridRef(self.act_quant, out), bounds, rounding,
             )  # fmt: skip
             with graph.inserting_after(node):
                 new = graph.call_module(f"sim_ops.{key}", node.args, node.kwargs)
