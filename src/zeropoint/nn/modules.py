@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zeropoint.bias import bias_qparams, bias_safe_weight_qparams
+from zeropoint.bias import bias_qparams, bias_safe_weight_qparams, integer_bias
 from zeropoint.fold import bn_scale_shift, output_channel_axis
 from zeropoint.functional import dequantize_int, fake_quantize, quantize_int
 from zeropoint.nn.quantizers import FakeQuant
@@ -146,6 +146,8 @@ class QuantMixin(nn.Module):
         w_qp = self._frozen_weight_qparams() or active_qparams(self.weight_quant)
         if x_qp is None or w_qp is None or w_qp.scheme.group_size is not None:
             return bias
+        if not integer_bias(x_qp, w_qp):  # fp8 / fp4 grids: the bias stays float
+            return bias
         if w_qp.scale.dim() > 1 or x_qp.scale.dim() != 0:
             return bias
         return fake_quantize(bias, bias_qparams(x_qp, w_qp))
@@ -176,8 +178,11 @@ class QuantMixin(nn.Module):
             return None
         x_qp, y_qp = frozen_qparams(grid.quantizer()), frozen_qparams(out.quantizer())
         w = self._parameters["weight"]
-        if x_qp is None or y_qp is None or frozen_qparams(self.weight_quant) is None or w is None:
+        w_qp = frozen_qparams(self.weight_quant)
+        if x_qp is None or y_qp is None or w_qp is None or w is None:
             return None
+        if any(q.scheme.float_format is not None for q in (x_qp, y_qp, w_qp)):
+            return None  # fp8 / fp4: no integer kernel; the float simulation is what runs
         b = self._parameters.get("bias")
         clip = self.__dict__.get("output_clip")
         rounding = str(self.__dict__.get("requantization", "float32"))
