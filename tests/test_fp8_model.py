@@ -125,6 +125,10 @@ def test_mse_observer_searches_float_grids_and_integer_only_methods_refuse() -> 
         ),
         (lambda: LSQ(Scheme(float_format="e4m3fn")), r"LSQ learns.*float format.*learnable=None"),
         (lambda: zp.float_static("e3m4"), r"float_format='e3m4' is unknown"),
+        (
+            lambda: zp.quantize_dynamic(nn.Linear(4, 4), zp.float_static().with_(activation=None)),
+            r"float-format schemes.*quantize_weights",
+        ),
     ],
 )
 def test_bad_float_schemes_are_refused(make: object, match: str) -> None:

@@ -385,6 +385,12 @@ def resolve_config(config: QuantConfig | str | None, workflow: str) -> QuantConf
         problem = "is dynamic (activations quantized at run time): use zp.quantize_dynamic"
     elif workflow == "static" and config.activation is None:
         problem = "is weight-only (activation=None): use zp.quantize_dynamic"
+    elif workflow == "dynamic" and any(s.float_format for s in config.schemes):
+        problem = (
+            "has float-format schemes (fp8 / fp4), which the dynamic and weight-only int8 / "
+            "int4 kernels cannot run: use zp.quantize_static with zp.float_static(...), or "
+            "fp8 / fp4 weight-only layers (zeropoint.nn.codebook_weights.quantize_weights)"
+        )
     elif workflow in ("static", "dynamic") and config.stochastic:
         problem = (
             "rounds stochastically (rounding='stochastic'), a training-time option: use "
