@@ -27,7 +27,7 @@ from zeropoint.nn.quantizers import FakeQuant
 from zeropoint.ops.simulated import SimulatedOp
 from zeropoint.ops.table import spec_for
 from zeropoint.qparams import QParams
-from zeropoint.workflows.graph import state_of, tensor_inputs
+from zeropoint.workflows.graph import link, state_of, tensor_inputs
 
 
 @dataclass
@@ -136,6 +136,7 @@ def build_qgraph(model: nn.Module, example_inputs: Any) -> QGraph:
     gm = state.graph_module
     if gm is None:
         raise ValueError(_no_graph_reason(model, state))
+    link(model, gm)
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     recorder = _Recorder(gm)
     try:

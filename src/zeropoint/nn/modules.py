@@ -69,6 +69,16 @@ def active_qparams(quantizer: nn.Module | None) -> QParams | None:
     return None
 
 
+def _deployable(x_qp: QParams, y_qp: QParams, w_qp: QParams) -> bool:
+    """Grids the integer engine runs: ≤ 8-bit per-tensor activations, symmetric ≤ 8-bit
+    per-tensor or per-channel weights, all integer (fp8 / fp4 grids have no integer kernel)."""
+    if any(q.scheme.float_format is not None for q in (x_qp, y_qp, w_qp)):
+        return False
+    activations = all(q.scheme.bits <= 8 and q.scale.dim() == 0 for q in (x_qp, y_qp))
+    w = w_qp.scheme
+    return activations and w.bits <= 8 and w.symmetric and w.group_size is None
+
+
 class QuantMixin(nn.Module):
     """Weight / input / output quantizers attached to a float layer."""
 
@@ -181,8 +191,8 @@ class QuantMixin(nn.Module):
         w_qp = frozen_qparams(self.weight_quant)
         if x_qp is None or y_qp is None or w_qp is None or w is None:
             return None
-        if any(q.scheme.float_format is not None for q in (x_qp, y_qp, w_qp)):
-            return None  # fp8 / fp4: no integer kernel; the float simulation is what runs
+        if not _deployable(x_qp, y_qp, w_qp):
+            return None  # no integer kernel (to_integer says why): the float simulation runs
         b = self._parameters.get("bias")
         clip = self.__dict__.get("output_clip")
         rounding = str(self.__dict__.get("requantization", "float32"))

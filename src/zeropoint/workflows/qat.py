@@ -55,8 +55,10 @@ def prepare_qat(
     config: QuantConfig | str | None = None,
     example_inputs: Any = None,
     inplace: bool = False,
+    concrete_args: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """A copy of ``model`` ready for QAT (training mode). ``config``: a QuantConfig, a preset
+    """A copy of ``model`` ready for QAT (training mode). ``concrete_args``: forward's Python
+    arguments to capture the graph with (default: their default values). ``config``: a QuantConfig, a preset
     name ("w4a4_qat") or None (w4a4_qat()). ``example_inputs`` (a batch, or a tuple of
     arguments) initialises the quantizers — LSQ/LSQ+ scales from data, and the sign of every
     learnable activation quantizer — before you build the optimizer; without it they initialise
@@ -65,11 +67,15 @@ def prepare_qat(
         raise TypeError(f"prepare_qat needs an nn.Module, got {type(model).__name__}")
     config = resolve_config(config, "qat")
     with restored_on_failure(model, inplace):
-        return _prepare_qat(model, config, example_inputs, inplace)
+        return _prepare_qat(model, config, example_inputs, inplace, concrete_args)
 
 
 def _prepare_qat(
-    model: nn.Module, config: QuantConfig, example_inputs: Any, inplace: bool
+    model: nn.Module,
+    config: QuantConfig,
+    example_inputs: Any,
+    inplace: bool,
+    concrete_args: dict[str, Any] | None = None,
 ) -> nn.Module:
     was_training = model.training
     model.eval()  # trace and fold in inference form first; training resumes below
@@ -95,8 +101,9 @@ def _prepare_qat(
 
     try:
         model_q = instrument(
-            model, config, "qat", weight_quant, act_quant, batchnorm="qat", inplace=inplace
-        )
+            model, config, "qat", weight_quant, act_quant, batchnorm="qat", inplace=inplace,
+            concrete_args=concrete_args,
+        )  # fmt: skip
     finally:
         if not inplace:
             model.train(was_training)
