@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zeropoint.bias import bias_qparams, bias_safe_weight_qparams
+from zeropoint.bias import bias_qparams, bias_safe_weight_qparams, integer_bias
 from zeropoint.fold import bn_scale_shift, output_channel_axis
 from zeropoint.functional import dequantize_int, fake_quantize, quantize_int
 from zeropoint.nn.quantizers import FakeQuant
@@ -71,7 +71,9 @@ def active_qparams(quantizer: nn.Module | None) -> QParams | None:
 
 def _deployable(x_qp: QParams, y_qp: QParams, w_qp: QParams) -> bool:
     """Grids the integer engine runs: ≤ 8-bit per-tensor activations, symmetric ≤ 8-bit
-    per-tensor or per-channel weights."""
+    per-tensor or per-channel weights, all integer (fp8 / fp4 grids have no integer kernel)."""
+    if any(q.scheme.float_format is not None for q in (x_qp, y_qp, w_qp)):
+        return False
     activations = all(q.scheme.bits <= 8 and q.scale.dim() == 0 for q in (x_qp, y_qp))
     w = w_qp.scheme
     return activations and w.bits <= 8 and w.symmetric and w.group_size is None
@@ -153,6 +155,8 @@ class QuantMixin(nn.Module):
         x_qp = self.input_qparams()
         w_qp = self._frozen_weight_qparams() or active_qparams(self.weight_quant)
         if x_qp is None or w_qp is None or w_qp.scheme.group_size is not None:
+            return bias
+        if not integer_bias(x_qp, w_qp):  # fp8 / fp4 grids: the bias stays float
             return bias
         if w_qp.scale.dim() > 1 or x_qp.scale.dim() != 0:
             return bias
