@@ -108,6 +108,11 @@ class QuantConfig:
         QAT option): each quantizer draws from its own torch.Generator seeded from (seed, its
         name) (`generator_for`), so a run is reproducible and layers draw independent streams.
         Required by stochastic schemes; zeropoint never draws from the global RNG.
+    pair_bounded_weights: 8-bit per-channel weights of Linear and convolution layers take codes
+        with |q_2j| + |q_2j+1| ≤ 128 along the kernels' reduction order at convert
+        (`zeropoint.nn.saturation`): exact on x86 int8 kernels without VNNI, which add pairs of
+        u8·s8 products in a saturating int16. `int8_static` sets it where this machine's kernels
+        saturate.
     """
 
     weight: Scheme | None = INT8_WEIGHT
@@ -125,6 +130,7 @@ class QuantConfig:
     fold_bn: bool = True
     requantization: str = "float32"
     seed: int | None = None
+    pair_bounded_weights: bool = False
 
     def __post_init__(self) -> None:
         from zeropoint.observers.registry import OBSERVERS
@@ -169,6 +175,11 @@ class QuantConfig:
             isinstance(fl, bool) or not isinstance(fl, int) or not 2 <= fl <= 16
         ):
             raise ValueError(f"QuantConfig.first_last_bits={fl!r}: expected None or 2..16")
+        if not isinstance(self.pair_bounded_weights, bool):
+            raise TypeError(
+                "QuantConfig.pair_bounded_weights must be a bool, got "
+                f"{self.pair_bounded_weights!r}"
+            )
         if self.per_token and not self.dynamic:
             raise ValueError("QuantConfig.per_token=True needs dynamic=True (run-time scales)")
         if self.seed is not None and (
@@ -268,20 +279,24 @@ def int8_static(observer: str = "minmax", reduce_range: bool | str = "auto") -> 
     """Weights int8 symmetric per channel, activations uint8 affine per tensor, calibrated.
 
     ``reduce_range``: x86 int8 kernels without VNNI (ONNX Runtime's U8S8 GEMM and convolution,
-    fbgemm) add pairs of u8·s8 products in a saturating int16 (``vpmaddubsw``), so full-range
+    fbgemm) add pairs of u8·s8 products in a saturating int16 (``vpmaddubsw``), so arbitrary
     int8 weights can give wrong results there (on the digits CNN, ONNX Runtime's outputs agree
-    with the exact arithmetic on only 17 % of logits). True: 7-bit weights [−63, 63], exact on
-    every x86 CPU (torch.ao's and ONNX Runtime's ``reduce_range``); False: 8-bit weights, exact
-    where the CPU has VNNI (and always in zeropoint's own integer engine); "auto" (default):
-    7-bit where this machine's kernels saturate (probed once)."""
+    with the exact arithmetic on only 17 % of logits). "auto" (default): where this machine's
+    kernels saturate (probed once), 8-bit weights whose consecutive pairs are bounded,
+    |q_2j| + |q_2j+1| ≤ 128 (`QuantConfig.pair_bounded_weights`, exact there at almost no
+    cost), elsewhere plain 8-bit weights; True: 7-bit weights [−63, 63], exact on every x86 CPU
+    (torch.ao's and ONNX Runtime's ``reduce_range``: MobileNetV2 loses most of its agreement with
+    fp32 this way); False: plain 8-bit weights, exact where the CPU has VNNI (and always in
+    zeropoint's own integer engine)."""
+    pairs = False
     if reduce_range == "auto":
         from zeropoint.nn.dynamic import fbgemm_saturates
 
-        reduce_range = fbgemm_saturates()
+        reduce_range, pairs = False, fbgemm_saturates()
     if not isinstance(reduce_range, bool):
         raise ValueError(f"reduce_range={reduce_range!r}: expected True, False or 'auto'")
     weight = INT7_WEIGHT if reduce_range else INT8_WEIGHT
-    return QuantConfig(weight=weight, activation_observer=observer)
+    return QuantConfig(weight=weight, activation_observer=observer, pair_bounded_weights=pairs)
 
 
 def int4_weight_only(group_size: int = 32) -> QuantConfig:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from zeropoint.nn.learnable import LSQ, PACT, LSQPlus
 from zeropoint.nn.modules import QuantMixin
 from zeropoint.nn.quantizers import FakeQuant
+from zeropoint.nn.saturation import needs_pair_bound, pair_bounded_weight
 from zeropoint.observers.registry import calibrate
 from zeropoint.qparams import Scheme
 from zeropoint.workflows.config import QuantConfig, resolve_config
@@ -199,7 +200,8 @@ def calibrate_model(
 
 def convert(model: nn.Module) -> nn.Module:
     """Freeze every quantizer: activations take (S, Z) from their observers (PTQ) or their
-    learned values (QAT); weights from the final weights. The result is the simulation that
+    learned values (QAT); weights from the final weights (on their pair-bounded grid where the
+    config asks for it: `zeropoint.nn.saturation`). The result is the simulation that
     `zp.to_integer` lowers and `zp.export_onnx` exports."""
     state = state_of(model)
     if state.workflow == "qat":
@@ -222,6 +224,11 @@ def convert(model: nn.Module) -> nn.Module:
             weight = module._weight_view().detach()
             wq.set_qparams(calibrate(weight, wq.scheme, wq.observer_name))
             wq.mode = "quantize"
+            if state.config.pair_bounded_weights and needs_pair_bound(module, wq.scheme):
+                snapped, qp = pair_bounded_weight(module.float_weight, wq.scheme)
+                with torch.no_grad():
+                    module.float_weight.copy_(snapped)
+                wq.set_qparams(qp)
     model.eval()
     return model
 
