@@ -6,7 +6,7 @@ qp = zp.calibrate(x, s, method="entropy")          # the numbers: scale, zero po
 qt = zp.quantize(x, qp); xh = zp.dequantize(qt)    # r = S·(q − Z)
 """
 
-from zeropoint import formats, observers
+from zeropoint import distributed, formats, observers
 from zeropoint.consistency import compare_executions
 from zeropoint.engine.program import IntegerProgram, to_integer
 from zeropoint.export.checkpoint import load, save
@@ -64,6 +64,7 @@ __all__ = [
     "compare_executions",
     "convert",
     "dequantize",
+    "distributed",
     "export_onnx",
     "export_weight_only_onnx",
     "fake_quantize",

@@ -10,9 +10,16 @@ so the weights that are fake-quantized are the ones inference will use; the runn
 are updated as in nn.BatchNorm2d. After `freeze_bn()` (late in training) the running statistics
 replace the batch statistics, and `to_conv()` folds them for good (the inference form of
 `zeropoint.fold`).
+
+μ_B and σ²_B are computed with float64 sums (`batch_moments`); under data parallelism
+(`zeropoint.distributed.attach`) they are the global batch's, reduced over the ranks with
+gradients as SyncBatchNorm reduces them, and equal what one process computes on that batch.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,10 +28,38 @@ from zeropoint.fold import fold_bn
 from zeropoint.nn.modules import QuantConv2d
 
 
+def batch_moments(
+    y: Tensor, sum_over_ranks: Callable[[Tensor], Tensor] | None = None
+) -> tuple[Tensor, Tensor, float]:
+    """(μ_B, σ²_B, N) per channel (dimension 1) of ``y``, two passes with float64 sums:
+
+        μ_B = Σy / N,   σ²_B = Σ(y − μ_B)² / N   (N: values per channel)
+
+    The float64 sums make the float32 results independent of how the batch is split, so with
+    ``sum_over_ranks`` (a differentiable sum over data-parallel ranks, as SyncBatchNorm's) each
+    rank computes the statistics — and gradients — one process computes on the global batch."""
+    dims = [d for d in range(y.dim()) if d != 1]
+    count = torch.tensor([y.numel() // y.shape[1]], dtype=torch.float64, device=y.device)
+    total = torch.cat([y.sum(dims, dtype=torch.float64), count])
+    if sum_over_ranks is not None:
+        total = sum_over_ranks(total)
+    n = total[-1].detach()
+    mean = (total[:-1] / n).to(y.dtype)
+    shape = [1] * y.dim()
+    shape[1] = -1
+    centered = y - mean.reshape(shape)
+    squares = (centered * centered).sum(dims, dtype=torch.float64)
+    if sum_over_ranks is not None:
+        squares = sum_over_ranks(squares)
+    return mean, (squares / n).to(y.dtype), float(n)
+
+
 class QuantConvBn2d(QuantConv2d):
     """A QuantConv2d that carries its batch norm and folds it on the fly."""
 
     bn: nn.BatchNorm2d
+    #: Set by `zeropoint.distributed.attach` under data parallelism: batch statistics over ranks.
+    rank_group: Any = None
 
     @classmethod
     def from_conv_bn(cls, conv: QuantConv2d, bn: nn.BatchNorm2d) -> QuantConvBn2d:
@@ -50,12 +85,11 @@ class QuantConvBn2d(QuantConv2d):
         x = self._in(x)
         if self.training and not self.bn_frozen:
             y = self._conv_forward(x, self.float_weight, self.bias)  # the float conv, for stats
-            mean = y.mean(dim=(0, 2, 3))
-            var = y.var(dim=(0, 2, 3), unbiased=False)
+            ranks = self.rank_group  # data parallel: the global batch's statistics
+            mean, var, n = batch_moments(y, None if ranks is None else ranks.sum_with_grad)
             bn = self.bn
             if bn.running_mean is not None and bn.running_var is not None:
                 with torch.no_grad():
-                    n = y.numel() / y.shape[1]
                     m = bn.momentum if bn.momentum is not None else 0.1
                     bn.running_mean.mul_(1 - m).add_(m * mean.detach())
                     bn.running_var.mul_(1 - m).add_(m * var.detach() * n / max(n - 1, 1))

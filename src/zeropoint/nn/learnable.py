@@ -41,6 +41,11 @@ smallest normal float32 as floor. Below the floor the step gets no gradient. (Th
 representability of S_x·S_w is enforced at conversion, for every workflow.)
 
 Each module exposes ``qparams()`` so that lowering, export and saving treat it like `FakeQuant`.
+
+**Data parallelism.** An activation quantizer with a ``rank_group`` (`zeropoint.distributed.attach`,
+which `zp.prepare_qat` runs under a process group) takes its sign, floor and initial values from
+every rank's first batch together, and LSQ's N counts the global batch's elements: the model
+then trains as one process on the global batch would.
 """
 
 from __future__ import annotations
@@ -69,11 +74,14 @@ def grad_scale(s: Tensor, g: float) -> Tensor:
     return s * g + (s - s * g).detach()
 
 
-def scale_floor(rows: Tensor, scheme: Scheme) -> Tensor:
+def scale_floor(rows: Tensor, scheme: Scheme, ranks: Any = None) -> Tensor:
     """max|x_c| / (256 · max(|qmin|, qmax)) per row of `to_slices` (≥ the smallest normal
-    float32): the floor of a learnable step (see the module docstring)."""
+    float32): the floor of a learnable step (see the module docstring). With ``ranks`` (a
+    `zeropoint.distributed.RankGroup`) the max is over every rank's rows."""
     m = max(abs(scheme.qmin), scheme.qmax)
     peak = rows.detach().abs().amax(1).to(torch.float32)
+    if ranks is not None:
+        peak = ranks.all_reduce(peak, "max")
     return (peak * (FLOOR_FRACTION / m)).clamp(min=MIN_SCALE)
 
 
@@ -84,6 +92,9 @@ class _Learnable(nn.Module):
     """Shared state: the configured and the resolved scheme, parameters of a known size (one
     per slice: 1 per tensor, C per channel) whose values are set from the first batch, the
     scale floor, and the broadcast view."""
+
+    #: Set by `zeropoint.distributed.attach` on activation quantizers under data parallelism.
+    rank_group: Any = None
 
     def __init__(
         self,
@@ -145,10 +156,12 @@ class _Learnable(nn.Module):
         if not self._ready and not bool(self.initialized):
             if self.signed is None:
                 negative = bool((x.detach() < 0).any())
+                if self.rank_group is not None:  # a negative value on any rank
+                    negative = self.rank_group.any(negative)
                 self._set_sign(negative)
             rows = self._rows(x)
             with torch.no_grad():
-                self.floor.copy_(scale_floor(rows, self.scheme))
+                self.floor.copy_(scale_floor(rows, self.scheme, self.rank_group))
                 self._initialize(rows)
             self.initialized.fill_(True)
             self._ready = True
@@ -184,7 +197,18 @@ class _Learnable(nn.Module):
         return rows
 
     def _elements_per_scale(self, x: Tensor) -> int:
-        return max(1, x.numel() // self.num_scales)
+        n = max(1, x.numel() // self.num_scales)
+        return n if self.rank_group is None else n * self.rank_group.world_size
+
+    def _mean_abs(self, rows: Tensor) -> Tensor:
+        """mean |x| per row from float64 sums, so that it does not depend on how the batch is
+        split (with a ``rank_group``: every rank's rows together, as one process would get)."""
+        total = rows.abs().sum(1, dtype=torch.float64)
+        count = torch.full_like(total, rows.shape[1])
+        if self.rank_group is not None:
+            both = self.rank_group.all_reduce(torch.cat([total, count]), "sum")
+            total, count = both[: total.numel()], both[total.numel() :]
+        return (total / count).to(rows.dtype)
 
     def _shaped(self, t: Tensor) -> Tensor:
         return t.reshape(()) if self.scheme.axis is None else t
@@ -246,7 +270,7 @@ class LSQ(_Learnable):
         return self.configured.with_(signed=False, symmetric=False)
 
     def _initialize(self, rows: Tensor) -> None:
-        mean_abs = rows.abs().mean(1)
+        mean_abs = self._mean_abs(rows)
         self.scale.copy_(torch.maximum(2 * mean_abs / math.sqrt(self.scheme.qmax), self.floor))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -288,7 +312,11 @@ class LSQPlus(_Learnable):
     def _initialize(self, rows: Tensor) -> None:
         # the (S, Z) of least squared error on the first batch (Bhalgat et al. §3.3 initialise
         # LSQ+ by minimising that error; min-max would waste levels on the extremes at 2 bits)
-        qp = calibrate(rows, self.scheme.with_(axis=0, rounding="half_even"), "mse")
+        scheme = self.scheme.with_(axis=0, rounding="half_even")
+        if self.rank_group is None:
+            qp = calibrate(rows, scheme, "mse")
+        else:  # every rank's first batch together
+            qp = self.rank_group.calibrate(rows, scheme, "mse")
         self.scale.copy_(torch.maximum(qp.scale, self.floor))
         self.offset.copy_(qp.zero_point.to(self.offset.dtype))
 
@@ -346,7 +374,7 @@ class PACT(_Learnable):
     def _initialize(self, rows: Tensor) -> None:
         self.floor.mul_(self.scheme.qmax)  # the floor of α = qmax · (the floor of S)
         if not self.alpha_given:
-            init = 2 * rows.abs().mean() * math.sqrt(self.scheme.qmax)
+            init = 2 * self._mean_abs(rows)[0] * math.sqrt(self.scheme.qmax)
             self.alpha.fill_(float(torch.maximum(init, self.floor[0])))
 
     def _clip(self, alpha: Tensor) -> Tensor:

@@ -9,7 +9,10 @@ When a later batch needs a larger range the histogram is re-binned by merging pa
 (R doubles: bin i moves to N/4 + ⌊i/2⌋), which is exactly the bin the value would have landed in
 had R been larger from the start, because ⌊⌊a⌋/2⌋ = ⌊a/2⌋. So the histogram depends only on the
 multiset of values seen, never on the order or batching: merging two observers is exact, and
-nothing but the counts is stored (no data is kept).
+nothing but the counts is stored (no data is kept). The moments Σx and Σx² (for ACIQ) are summed
+exactly (`zeropoint.observers.exact`): a float running sum would depend on the batching in its
+last bits. Merges within a process and all-reduces across processes (`zeropoint.distributed`)
+therefore reproduce one observer fed all the data bit for bit.
 
 The observers differ only in the estimator that picks the clip range from the histogram
 (`zeropoint.observers.estimators`): Percentile, Entropy (KL) and MSE.
@@ -24,6 +27,7 @@ from torch import Tensor
 
 from zeropoint.observers import estimators
 from zeropoint.observers.base import Observer, row_minmax
+from zeropoint.observers.exact import ExactSum
 from zeropoint.qparams import Scheme
 
 #: Exponent of rows that have only seen zeros (they have no range yet).
@@ -42,8 +46,7 @@ class Histogram:
         self.lo = torch.full((rows,), math.inf, dtype=torch.float64)
         self.hi = torch.full((rows,), -math.inf, dtype=torch.float64)
         self.count = torch.zeros(rows, dtype=torch.float64)
-        self.sum = torch.zeros(rows, dtype=torch.float64)
-        self.sum_sq = torch.zeros(rows, dtype=torch.float64)
+        self.moments = ExactSum(2 * rows)  # rows 0 … C−1: Σx, rows C … 2C−1: Σx² (exact)
         self.zeros = torch.zeros(rows, dtype=torch.float64)  # exact zeros (e.g. after a ReLU)
 
     # ---------------------------------------------------------------- geometry
@@ -71,6 +74,16 @@ class Histogram:
         half = self.bins // 2
         return self.counts[:, half:] + self.counts[:, :half].flip(1)
 
+    @property
+    def sum(self) -> Tensor:
+        """Σx per row (the exact sum, rounded to float64)."""
+        return self.moments.value()[: self.rows]
+
+    @property
+    def sum_sq(self) -> Tensor:
+        """Σx² per row (the exact sum, rounded to float64)."""
+        return self.moments.value()[self.rows :]
+
     def mean(self) -> Tensor:
         return self.sum / self.count.clamp(min=1)
 
@@ -86,9 +99,11 @@ class Histogram:
         lo, hi = row_minmax(rows)
         self.lo, self.hi = torch.minimum(self.lo, lo), torch.maximum(self.hi, hi)
         self.count += rows.shape[1]
-        # moments for ACIQ: float32 pairwise sums (relative error ~1e-7), accumulated in float64
-        self.sum += rows.sum(1).to(torch.float64)
-        self.sum_sq += torch.linalg.vector_norm(rows, 2, dim=1).to(torch.float64) ** 2
+        # moments for ACIQ: the batch's float32 pairwise sums (relative error ~1e-7; the square of
+        # a float32 norm is exact in float64), accumulated exactly across batches
+        batch_sum = rows.sum(1).to(torch.float64)
+        batch_sum_sq = torch.linalg.vector_norm(rows, 2, dim=1).to(torch.float64) ** 2
+        self.moments.add(torch.cat([batch_sum, batch_sum_sq]))
         m = torch.maximum(lo.abs(), hi.abs())
         _, e = torch.frexp(m)  # m = f·2^e with f in [0.5, 1): 2^e > m
         needed = torch.where(m > 0, e.to(torch.int64), torch.full_like(self.exponent, NO_RANGE))
@@ -109,9 +124,15 @@ class Histogram:
         self.counts += other_counts
         self.lo, self.hi = torch.minimum(self.lo, other.lo), torch.maximum(self.hi, other.hi)
         self.count += other.count
-        self.sum += other.sum
-        self.sum_sq += other.sum_sq
+        self.moments.merge(other.moments)
         self.zeros += other.zeros
+
+    def rebin(self, exponent: Tensor) -> None:
+        """Re-bin every row to the range R = 2^exponent (per row, at least its current one):
+        exact, as if that range had been used from the start (see the module doc)."""
+        if bool((exponent < self.exponent).any()):
+            raise ValueError("a histogram's range can only grow")
+        self._grow(exponent.to(torch.int64))
 
     def _grow(self, target: Tensor) -> None:
         self.counts = _rebin(self.counts, self.exponent, target, self.bins)

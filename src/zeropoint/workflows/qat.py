@@ -62,7 +62,10 @@ def prepare_qat(
     name ("w4a4_qat") or None (w4a4_qat()). ``example_inputs`` (a batch, or a tuple of
     arguments) initialises the quantizers — LSQ/LSQ+ scales from data, and the sign of every
     learnable activation quantizer — before you build the optimizer; without it they initialise
-    on the first training step. With ``inplace=True`` a failure restores ``model``."""
+    on the first training step. With ``inplace=True`` a failure restores ``model``. Under a
+    process group with several ranks the model is attached to them
+    (`zeropoint.distributed.attach`): call it on every rank, each with its own share of the
+    example batch."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepare_qat needs an nn.Module, got {type(model).__name__}")
     config = resolve_config(config, "qat")
@@ -108,6 +111,10 @@ def _prepare_qat(
         if not inplace:
             model.train(was_training)
     model_q.train()
+    from zeropoint.distributed import attach, is_distributed  # imports the workflows
+
+    if is_distributed():  # data parallel: statistics of the global batch (before the first one)
+        attach(model_q)
     if example_inputs is not None:
         args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
         with torch.no_grad():

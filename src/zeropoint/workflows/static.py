@@ -202,12 +202,19 @@ def convert(model: nn.Module) -> nn.Module:
     """Freeze every quantizer: activations take (S, Z) from their observers (PTQ) or their
     learned values (QAT); weights from the final weights (on their pair-bounded grid where the
     config asks for it: `zeropoint.nn.saturation`). The result is the simulation that
-    `zp.to_integer` lowers and `zp.export_onnx` exports."""
+    `zp.to_integer` lowers and `zp.export_onnx` exports. Under a process group (more than one
+    rank) the calibration observers are first reduced over the ranks
+    (`zeropoint.distributed.sync_calibration`): call it on every rank."""
     state = state_of(model)
     if state.workflow == "qat":
         from zeropoint.workflows.qat import finalize_qat
 
         finalize_qat(model)
+    # data-parallel calibration: every rank's statistics, reduced over the ranks (a collective
+    # when a process group is initialised; nothing otherwise). Imported here: it imports us.
+    from zeropoint.distributed.model import sync_calibration
+
+    sync_calibration(model)
     for q in activation_quantizers(model):
         if q.mode == "observe":
             if q.observer.num_batches == 0:
