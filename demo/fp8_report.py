@@ -55,10 +55,12 @@ def _digits(quick: bool) -> tuple[nn.Module, DigitsData]:
 
 
 def _configs() -> dict[str, tuple[str, zp.QuantConfig]]:
-    """int8 with full 8-bit weights, and with 7-bit ones (``reduce_range``: what ONNX Runtime's
-    U8S8 kernels compute exactly on x86 CPUs without VNNI, such as this one), then the floats."""
+    """int8 as `zp.int8_static()` chooses it (8-bit weights, pair-bounded where ONNX Runtime's
+    U8S8 kernels saturate: x86 CPUs without VNNI, such as this one), plain 8-bit weights, and
+    7-bit ones (``reduce_range``), then the floats."""
     configs = {
-        "int8": ("8/8", zp.int8_static(reduce_range=False)),
+        "int8": ("8/8", zp.int8_static()),
+        "int8 unbounded": ("8/8", zp.int8_static(reduce_range=False)),
         "int8 reduce_range": ("7/8", zp.int8_static(reduce_range=True)),
     }
     for fmt in FLOATS:
@@ -69,7 +71,11 @@ def _configs() -> dict[str, tuple[str, zp.QuantConfig]]:
 
 def _label(name: str) -> str:
     if name == "int8":
-        return "int8 W8A8 (weights per channel, uint8 activations per tensor)"
+        return (
+            "int8 W8A8 (zp.int8_static(): weights per channel, pair-bounded where kernels saturate)"
+        )
+    if name == "int8 unbounded":
+        return "int8 W8A8, plain 8-bit weights (reduce_range=False)"
     if name == "int8 reduce_range":
         return "int8 W7A8 (reduce_range: 7-bit weights, exact in ONNX Runtime without VNNI)"
     kind = "fp4" if name == "e2m1" else "fp8"
