@@ -312,7 +312,34 @@ def _fail_midway(rank: int, world: int, how: str) -> dict[str, Any]:
         return {"error": str(err), "seconds": time.perf_counter() - start}
 
 
+def mlp() -> nn.Module:
+    """The weight-only scenario's float model (seeded): 32 → 64 → ReLU → 16."""
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16))
+
+
+def ptq_batches() -> list[Tensor]:
+    """7 calibration batches of 5 rows with outlier channels (GPTQ / AWQ statistics)."""
+    g = torch.Generator().manual_seed(77)
+    spread = torch.ones(32)
+    spread[::7] = 8.0
+    return [torch.randn(5, 32, generator=g) * spread for _ in range(N_BATCHES)]
+
+
+def scenario_weight_only(rank: int, world: int) -> dict[str, Any]:
+    """GPTQ and AWQ int4 on this rank's shard of the calibration batches."""
+    batches = ptq_batches()
+    mine = [batches[i] for i in shard(len(batches), rank, world)]
+    config = zp.int4_weight_only(group_size=16)
+    out: dict[str, Any] = {}
+    for name, method in (("gptq", zp.gptq_quantize), ("awq", zp.awq_quantize)):
+        q = method(mlp(), mine, config)
+        out[name] = {k: v.clone() for k, v in q.state_dict().items()}
+    return out
+
+
 SCENARIOS: dict[str, Callable[[int, int], dict[str, Any]]] = {
+    "weight_only": scenario_weight_only,
     "observers": scenario_observers,
     "static": scenario_static,
     "qat": scenario_qat,

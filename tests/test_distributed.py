@@ -96,7 +96,7 @@ def results(folder: Path, scenario: str, world: int) -> list[dict[str, Any]]:
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 ranks: every observer, static PTQ (and mismatches), QAT under DDP and FSDP2."""
     folder = tmp_path_factory.mktemp("two_ranks")
-    outcomes = spawn("observers,static,qat", 2, folder)
+    outcomes = spawn("observers,static,qat,weight_only", 2, folder)
     for rank, o in enumerate(outcomes):
         assert o["returncode"] == 0, f"rank {rank} failed:\n{o['stderr'][-4000:]}"
     return folder
@@ -213,6 +213,29 @@ def test_static_ptq_gives_one_model_on_every_rank_the_one_process_model(two_rank
             different = [k for k in state if not torch.equal(mine[k], state[k])]
             assert not different, (observer, rank, different)
             assert torch.equal(got[observer]["output"], out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_weight_only_algorithms_on_sharded_data_equal_one_process(
+    two_ranks: Path, method: str
+) -> None:
+    """GPTQ's Hessian and AWQ's channel magnitudes and row sample, reduced over the ranks: each
+    rank's int4 codes and scales are those of one process calibrated on all the batches."""
+    ranks = results(two_ranks, "weight_only", 2)
+    quantize = {"gptq": zp.gptq_quantize, "awq": zp.awq_quantize}[method]
+    ref = quantize(w.mlp(), w.ptq_batches(), zp.int4_weight_only(group_size=16)).state_dict()
+    for rank, got in enumerate(ranks):
+        mine = got[method]
+        assert set(mine) == set(ref)
+        for key, value in ref.items():
+            if value.is_floating_point():
+                torch.testing.assert_close(mine[key], value, rtol=1e-5, atol=1e-6)
+            else:  # codes: the float64 sums differ only in the order of their additions
+                assert float((mine[key] != value).float().mean()) <= 0.002, (rank, key)
+        # without the reduction a rank's shard gives a different layer
+    one = quantize(w.mlp(), w.ptq_batches()[::2], zp.int4_weight_only(group_size=16))
+    assert any(not torch.equal(v, one.state_dict()[k]) for k, v in ranks[0][method].items())
 
 
 @pytest.mark.slow

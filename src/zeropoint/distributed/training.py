@@ -65,6 +65,20 @@ class RankGroup:
         guarded(what, group, lambda: dist.all_reduce(out, _OPS[op], group=group))
         return out
 
+    def all_gather_rows(self, t: Tensor, what: str = "statistics") -> list[Tensor]:
+        """Every rank's ``t`` (CPU; the same trailing shape and dtype on every rank, any number
+        of rows), in rank order."""
+        group = gloo_group(self.group)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
+        mine = torch.tensor([t.shape[0]], dtype=torch.int64)
+        guarded(what, group, lambda: dist.all_gather(sizes, mine, group=group))
+        rows = max(int(n) for n in sizes)
+        padded = torch.zeros(rows, *t.shape[1:], dtype=t.dtype)
+        padded[: t.shape[0]] = t
+        out = [torch.empty_like(padded) for _ in sizes]
+        guarded(what, group, lambda: dist.all_gather(out, padded, group=group))
+        return [o[: int(n)] for o, n in zip(out, sizes, strict=True)]
+
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` holds on any rank."""
         return bool(self.all_reduce(torch.tensor([float(flag)]), "max")[0] > 0)

@@ -8,7 +8,9 @@ are run *sequentially* (Frantar et al. 2022, §4): a layer's statistics are coll
 model whose earlier layers are already quantized, so each layer also corrects the error that
 reaches it. One calibration pass serves every pending layer that receives the very same input
 tensor (the query, key and value projections of an attention block), so a transformer block of
-four distinct inputs costs four passes.
+four distinct inputs costs four passes. Under a torch.distributed process group each rank
+feeds its shard and the statistics are reduced over the ranks after every pass
+(`LayerInputs.reduce_over_ranks`), so every rank quantizes from all the data.
 """
 
 from __future__ import annotations
@@ -46,6 +48,24 @@ class LayerInputs:
         if kept < self.keep_rows:
             self.samples.append(x2[: self.keep_rows - kept].float().clone())
         self.rows += x2.shape[0]
+
+    def reduce_over_ranks(self) -> None:
+        """Under a torch.distributed process group, combine every rank's statistics so that each
+        rank holds those of all the calibration data: Σ xᵀx, Σ|x| and the row count summed (in
+        float64: equal to one process's up to the order of the additions), the row samples
+        concatenated in rank order and cut to ``keep_rows``. Nothing happens without a group."""
+        from zeropoint.distributed import RankGroup, is_distributed
+
+        if not is_distributed():
+            return
+        ranks = RankGroup()
+        what = "GPTQ / AWQ layer input statistics"
+        self.xtx = ranks.all_reduce(self.xtx, "sum", what)
+        self.abs_sum = ranks.all_reduce(self.abs_sum, "sum", what)
+        self.rows = int(ranks.all_reduce(torch.tensor([self.rows], dtype=torch.float64), "sum"))
+        mine = torch.cat(self.samples) if self.samples else torch.zeros(0, self.xtx.shape[0])
+        gathered = ranks.all_gather_rows(mine, what)
+        self.samples = [torch.cat(gathered)[: self.keep_rows]]
 
     def hessian(self) -> Tensor:
         """H = 2·XᵀX / M (float64): the Hessian of Σ‖x·(W − Ŵ)ᵀ‖² / M with respect to a row of W."""
@@ -109,6 +129,8 @@ def quantize_sequentially(
         finally:
             for h in hooks:
                 h.remove()
+        for layer_stats in stats.values():
+            layer_stats.reduce_over_ranks()
         first = pending[0]
         if stats[first].rows == 0:
             raise ValueError(f"layer {first!r} saw no calibration input: is it used by forward?")
