@@ -77,8 +77,9 @@ def assert_close(ours: Callable[[str], torch.Tensor], theirs: np.ndarray) -> Non
 
 
 #: ONNX Runtime's u8·s8 kernels on x86 without VNNI add product pairs in a saturating int16
-#: (vpmaddubsw): there only 7-bit weights (|w| ≤ 63, 2·255·63 < 2^15) are computed exactly, as
-#: zp.int8_static(reduce_range="auto") chooses. With VNNI every int8 weight is exact.
+#: (vpmaddubsw): random weights of 7 bits (|w| ≤ 63, 2·255·63 < 2^15) are computed exactly there
+#: (zp.int8_static() bounds pairs of 8-bit codes instead: tests/test_saturation.py). With VNNI
+#: every int8 weight is exact.
 W_MAX = 63 if fbgemm_saturates() else 127
 
 

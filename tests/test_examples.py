@@ -13,8 +13,9 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def _run(name: str, *args: str) -> str:
+def _run(name: str, *args: str, launcher: tuple[str, ...] = ()) -> str:
     env = {
+        "GLOO_SOCKET_IFNAME": "lo",
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
@@ -23,7 +24,7 @@ def _run(name: str, *args: str) -> str:
     if "PYTHONPATH" in os.environ:  # a checkout other than the installed one (a worktree)
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *args],
+        [sys.executable, *launcher, str(EXAMPLES / name), *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -41,7 +42,7 @@ def _percent(out: str, label: str) -> float:
 
 def test_every_example_is_tested() -> None:
     tested = {"quickstart.py", "digits_static_int8.py", "digits_qat_w2a2.py"}
-    tested.add("minilm_dynamic_int8.py")
+    tested |= {"minilm_dynamic_int8.py", "distributed_calibration.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -74,3 +75,15 @@ def test_minilm_dynamic_int8_quick() -> None:
     means = dict(re.findall(r"^(zeropoint int8|torch.ao int8)\s+cosine mean ([0-9.]+)", out, re.M))
     assert set(means) == {"zeropoint int8", "torch.ao int8"}, out
     assert float(means["zeropoint int8"]) > 0.95
+
+
+@pytest.mark.slow
+def test_distributed_calibration_with_torchrun_on_two_processes() -> None:
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
+    out = _run("distributed_calibration.py", "--quick", launcher=torchrun)
+    for rank in (0, 1):
+        assert re.search(
+            rf"rank {rank}/2: calibrated on 2 batches; synchronised \d+ observers", out
+        )
+    assert "converted models identical on all 2 ranks: True" in out
+    assert _percent(out, "int8 top-1 agreement with fp32:") > 40  # 16 calibration views, 32 views
