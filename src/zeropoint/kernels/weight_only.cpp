@@ -17,6 +17,7 @@
 // with up to 8 rows of x held in registers; rows of W are split over torch's threads. Other
 // CPUs run the scalar path, the same arithmetic one element at a time.
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
@@ -466,7 +467,11 @@ at::Tensor linear_tiled(const at::Tensor& x, const at::Tensor& codes, const at::
   void* fn = nullptr;
 #endif
   const int64_t tiles = (n + tile - 1) / tile;
+  // worker threads do not inherit the caller's inference mode: without it, mm_out into an
+  // inference tensor (yt, allocated under torch.inference_mode) is refused there
+  const bool inference = c10::InferenceMode::is_enabled();
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    c10::InferenceMode guard(inference);
     std::vector<float> buf(static_cast<size_t>(tile * k));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = t * tile, rows = std::min(tile, n - r0);
