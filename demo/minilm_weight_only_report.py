@@ -83,8 +83,9 @@ def minilm_weight_only_rows(work: Path, quick: bool = False, group: int = 32) ->
         for name, make in algos.items():
             q = make()
             size = peers.file_size(zp.save(q, work / f"minilm_{name.split()[0].lower()}_{bits}"))
+            # the width is part of the label: labels key the latency table below
             entries.append(
-                (f"zeropoint {name} (g{group})", f"{bits}/32", size, torch_encoder(q), bits)
+                (f"zeropoint {name} W{bits} (g{group})", f"{bits}/32", size, torch_encoder(q), bits)
             )
     fp32_onnx = peers.export_minilm_onnx(model, work / "minilm_fp32.onnx")
     feeds = [
@@ -122,13 +123,16 @@ def minilm_weight_only_rows(work: Path, quick: bool = False, group: int = 32) ->
         encoder = peers.ort_minilm_encoder(path, model, threads=threads)
         entries.append(
             (
-                f"ONNX Runtime MatMulNBits {algo.upper()} (block {group})",
+                f"ONNX Runtime MatMulNBits {algo.upper()} W4 (block {group})",
                 "4/32",
                 peers.file_size(path),
                 encoder,
                 4,
             )
         )
+    labels = [e[0] for e in entries]
+    if len(set(labels)) != len(labels):  # each label keys its own latency
+        raise ValueError(f"duplicate row labels: {sorted(labels)}")
     contenders: dict[str, Callable[[], Any]] = {}
     fp32 = torch_encoder(model)
     for label, fn in [("fp32", fp32)] + [(e[0], e[3]) for e in entries]:

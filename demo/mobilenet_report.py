@@ -44,8 +44,9 @@ def _row(method: str, bits: str, size: int | None, latency: float | None, logits
     )
 
 
-def run(work: Path, quick: bool = False) -> tuple[list[Row], ConsistencyReport]:
-    """The MobileNetV2 rows and the three-way consistency of zeropoint's W8A8 model."""
+def run(work: Path, quick: bool = False) -> tuple[list[Row], ConsistencyReport, torch.nn.Module]:
+    """The MobileNetV2 rows, the three-way consistency of zeropoint's W8A8 model, and that
+    model."""
     model = load_mobilenet_v2().eval()
     views = evaluation_views(64 if quick else 256).images
     calib = calibration_views(32 if quick else 64).images
@@ -101,4 +102,4 @@ def run(work: Path, quick: bool = False) -> tuple[list[Row], ConsistencyReport]:
         _row("torch.ao static int8 (FX, x86)", "8/7", peers.state_dict_size(ao), lat["torch_ao"],
              _logits(ao, views), fp32, "7-bit activations (reduce_range)"),
     ]  # fmt: skip
-    return rows, report
+    return rows, report, model_q

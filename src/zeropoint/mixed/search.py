@@ -293,13 +293,15 @@ def measure_sensitivities(
     base_pair = (max(weight_bits), base.activation.bits)
     if base_pair not in pairs:
         pairs.append(base_pair)
-    bar = _progress(progress, len(pairs))
+    bar = _progress(progress, len(pairs), "mixed precision: candidate models", "model")
     variants: dict[tuple[int, int], nn.Module] = {}
     for w, a in pairs:
         variants[(w, a)] = quantize_static(model, calib, _candidate_config(base, w, a),
                                            progress=False)  # fmt: skip
         if bar is not None:
             bar.update(1)
+    if bar is not None:
+        bar.close()
     reference = variants[base_pair]
     units = find_units_cached(reference)
     searched = {u.name: u.layer for u in units if u.layer is not None and u.weight is not None}
@@ -308,16 +310,22 @@ def measure_sensitivities(
     names = list(searched)
     drops: dict[tuple[Width, Width], dict[str, float]] = {}
     others = [u.name for u in units if u.name not in searched]
+    steps = (len(pairs) * len(names) + len(others)) * len(batches) if sensitivity == "exact" else (
+        len(batches))  # fmt: skip
+    bar = _progress(progress, steps, "mixed precision: sensitivities", "step")
+    step = None if bar is None else (lambda _name, n: bar.update(n))
     if sensitivity == "exact":
         probe = ExactSensitivity(reference, units, batches, m)
         for pair, variant in variants.items():
-            drops[pair] = probe.one_at_a_time(names, variant=variant, all_but=False)[0]
+            drops[pair] = probe.one_at_a_time(names, variant=variant, all_but=False,
+                                              progress=step)[0]  # fmt: skip
         other_drop = sum(
-            probe.one_at_a_time(others, variant=variants[base_pair], all_but=False)[0].values()
+            probe.one_at_a_time(others, variant=variants[base_pair], all_but=False,
+                                progress=step)[0].values()
         ) if others else 0.0  # fmt: skip
     else:
         est = fisher_estimates(reference, batches, variants=variants, names=names + others,  # type: ignore[arg-type]
-                               samples=fisher_samples,
+                               samples=fisher_samples, progress=step,
                                likelihood="categorical" if m.name != "cosine" else "gaussian")  # fmt: skip
         drops = {pair: {n: est[pair][n] for n in names} for pair in variants}  # type: ignore[index]
         other_drop = sum(est[base_pair][n] for n in others)  # type: ignore[index]
@@ -372,12 +380,12 @@ def _rule(base: QuantConfig, c: LayerChoice) -> LayerRule:
                      activation=base.activation.with_(bits=c.activation_bits))  # fmt: skip
 
 
-def _progress(progress: bool, total: int) -> Any:
+def _progress(progress: bool, total: int, desc: str, unit: str) -> Any:
     if not progress:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="mixed precision: candidate models", unit="model", leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False)
 
 
 __all__ = [
