@@ -202,3 +202,19 @@ def test_tiled_kernel_runs_under_inference_mode_on_several_threads() -> None:
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(got, expected)
+
+
+def test_tiled_kernel_runs_inside_and_outside_inference_mode() -> None:
+    """sentence-transformers encodes under torch.inference_mode: the many-rows path must not
+    update an inference tensor from a worker thread (it did: 'Inplace update to inference
+    tensor outside InferenceMode')."""
+    import zeropoint as zp
+
+    gen = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(256, 128)
+    model = zp.quantize_dynamic(torch.nn.Sequential(layer), zp.int4_weight_only(32))
+    x = torch.randn(64, 256, generator=gen)  # more rows than the register kernel takes
+    with torch.inference_mode():
+        inside = model(x)
+    outside = model(x)
+    torch.testing.assert_close(inside, outside, rtol=0, atol=0)

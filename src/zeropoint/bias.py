@@ -33,6 +33,13 @@ from zeropoint.qparams import QParams, Scheme
 BIAS_LIMIT = float(1 << 30)
 
 
+def integer_bias(x_qp: QParams, w_qp: QParams) -> bool:
+    """Does a layer with these input and weight grids store an int32 bias? Only when both are
+    integer grids: with a float format (fp8 / fp4) the accumulator is float and the bias stays
+    float, as fp8 GEMMs add it."""
+    return x_qp.scheme.float_format is None and w_qp.scheme.float_format is None
+
+
 def bias_qparams(x_qp: QParams, w_qp: QParams) -> QParams:
     """S_b = fl32(S_x·S_w) (per output channel when S_w is), Z_b = 0, an int32 scheme."""
     if x_qp.scale.dim() != 0:
@@ -58,7 +65,7 @@ def bias_safe_weight_qparams(
 
     Returns ``w_qp`` itself when nothing needs raising. Raises ValueError naming ``layer`` when
     even the raised scale cannot be represented (it would overflow float32)."""
-    if bias is None or x_qp is None:
+    if bias is None or x_qp is None or not integer_bias(x_qp, w_qp):
         return w_qp
     if x_qp.scale.dim() != 0:
         raise ValueError(f"{layer}: the input must be quantized per tensor, got {x_qp.scheme}")
@@ -83,4 +90,10 @@ def bias_safe_weight_qparams(
     return QParams(scale, w_qp.zero_point, w_qp.scheme, w_qp.axis)
 
 
-__all__ = ["BIAS_LIMIT", "bias_qparams", "bias_safe_weight_qparams", "quantize_bias"]
+__all__ = [
+    "BIAS_LIMIT",
+    "bias_qparams",
+    "bias_safe_weight_qparams",
+    "integer_bias",
+    "quantize_bias",
+]

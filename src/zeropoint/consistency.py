@@ -26,7 +26,7 @@ from zeropoint.engine.program import IntegerProgram, to_integer
 from zeropoint.functional import quantize_int
 from zeropoint.lowering import QGraph, QOp, build_qgraph
 from zeropoint.qparams import QParams
-from zeropoint.workflows.graph import state_of
+from zeropoint.workflows.graph import link, state_of
 
 _SKIP = ("quantize", "dequantize", "float", "python", "constant")
 
@@ -172,6 +172,8 @@ def compare_executions(
         raise ValueError("compare_executions needs at least one batch of data")
     state = state_of(model)
     gm = state.graph_module
+    if gm is not None:
+        link(model, gm)
     graph = build_qgraph(model, batches[0][:2])
     if gm is None:  # build_qgraph already raised for module-boundary models
         raise ValueError("the model has no captured graph")

@@ -23,6 +23,15 @@ fake_quantize's gradient is the straight-through estimator (Bengio et al. 2013; 
 `fake_quantize_learnable` also returns the gradients of S and Z (LSQ, Esser et al. 2020; LSQ+,
 Bhalgat et al. 2020), see its docstring.
 
+Float formats (``Scheme(float_format=...)``: fp8 e4m3fn / e5m2, fp4 e2m1) are the same quantizer
+with the one rounding step replaced: round(r/S) rounds to the format's nearest value (ties to
+even, `FloatFormat.round_unbounded`), the clamp is to ±max of the format (Z = 0), so
+
+    fake_quantize:  r̂ = S · clamp(fp(r / S), −max, max)        (the scaled fp8 of serving stacks)
+
+and the codes of `quantize` are the format's bit patterns (uint8; what a torch float8 tensor
+stores, bit for bit), which `dequantize` decodes before multiplying by S.
+
 Stochastic rounding draws its uniform numbers from the ``generator`` passed in (a
 torch.Generator or an int seed); zeropoint never touches the global RNG, so a stochastic scheme
 without a generator is refused.
@@ -38,6 +47,7 @@ import torch
 from torch import Tensor
 
 from zeropoint import fused as fused_kernels
+from zeropoint.formats import FloatFormat
 from zeropoint.qparams import QParams, Scheme
 from zeropoint.qtensor import QTensor
 from zeropoint.validation import check_codes, check_finite, check_tensor
@@ -123,13 +133,18 @@ def _rounded(
     generator: torch.Generator | None,
     dtype: torch.dtype,
     out: Tensor | None = None,
+    floating: FloatFormat | None = None,
 ) -> Tensor:
-    """round(x / S) in ``dtype`` (S broadcast against x; the true IEEE division, like ONNX)."""
+    """round(x / S) in ``dtype`` (S broadcast against x; the true IEEE division, like ONNX):
+    to an integer by ``rounding``, or, for a float format, to the format's nearest value
+    (exponent unbounded above: the clamp to ±max is the next step, as for integers)."""
     if x.dtype != dtype:
         x = x.to(dtype)
     if isinstance(scale, Tensor) and scale.dtype != dtype:
         scale = scale.to(dtype)
     r = torch.div(x, scale) if out is None else torch.div(x, scale, out=out)
+    if floating is not None:
+        return floating.round_unbounded(r)
     return round_values(r, rounding, generator)
 
 
@@ -147,7 +162,24 @@ def _reals(v: Tensor, scale: Tensor | float, inplace: bool = True) -> Tensor:
 
 def _bounds(scheme: Scheme, zero_point: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     z = zero_point.to(dtype)
-    return scheme.qmin - z, scheme.qmax - z
+    lo, hi = scheme.level_range
+    return lo - z, hi - z
+
+
+def _float_codes(v: Tensor, fmt: FloatFormat) -> Tensor:
+    """The bit patterns (uint8) of values ``v`` of the float format ``fmt`` (exact: v is one)."""
+    dtype = fmt.torch_dtype
+    if dtype is not None:
+        return v.to(dtype).view(torch.uint8)
+    return (fmt.encode(v) & ((1 << fmt.bits) - 1)).to(torch.uint8)
+
+
+def _float_values(q: Tensor, fmt: FloatFormat, dtype: torch.dtype) -> Tensor:
+    """The values (in ``dtype``) of the bit patterns ``q`` of the float format ``fmt``."""
+    torch_dtype = fmt.torch_dtype
+    if torch_dtype is not None:
+        return q.to(torch.uint8).view(torch_dtype).to(dtype)
+    return fmt.decode(q).to(dtype)
 
 
 def _check_qparams(qparams: object, what: str) -> QParams:
@@ -197,6 +229,7 @@ def _fusable(x: Tensor, scheme: Scheme, dtype: torch.dtype) -> bool:
         x.dtype == torch.float32
         and dtype == torch.float32
         and scheme.rounding in FUSED_ROUNDING
+        and scheme.float_format is None
         and x.numel() >= fused_kernels.MIN_ELEMENTS
     )
 
@@ -209,7 +242,8 @@ def quantize_int(
     fused: bool = False,
 ) -> Tensor:
     """Integer codes q = clamp(round(x / S), qmin − Z, qmax − Z) + Z as an unpacked integer
-    tensor (int8/uint8 for ≤ 8 bits, int16/int32 above), computed in `compute_dtype`.
+    tensor (int8/uint8 for ≤ 8 bits, int16/int32 above), computed in `compute_dtype`; for a
+    float format the bit patterns (uint8) of clamp(fp(x / S), −max, max).
 
     ``generator``: required by stochastic rounding (a torch.Generator or an int seed).
     ``fused=True`` runs float32 per-tensor tensors of at least 2^20 elements with a
@@ -222,7 +256,8 @@ def quantize_int(
     dtype = compute_dtype(x.dtype, scheme)
     storage = scheme.format.storage_dtype
     scale, zero_point, view_shape = qparams.broadcast(x.shape)
-    if scheme.granularity == "per_tensor" and x.numel() > CHUNK:
+    floating = scheme.floating
+    if scheme.granularity == "per_tensor" and x.numel() > CHUNK and floating is None:
         s, z = float(scale), int(zero_point)
         if fused and _fusable(x, scheme, dtype):
             result = fused_kernels.run(
@@ -239,7 +274,9 @@ def quantize_int(
         return _quantize_per_tensor_chunked(x, s, z, scheme, gen, dtype)
     check_finite(x, "tensor to quantize")
     lo, hi = _bounds(scheme, zero_point, dtype)
-    r = _rounded(x.reshape(view_shape), scale, scheme.rounding, gen, dtype)
+    r = _rounded(x.reshape(view_shape), scale, scheme.rounding, gen, dtype, floating=floating)
+    if floating is not None:  # Z = 0: the codes are the bit patterns of the clamped values
+        return _float_codes(_clamped(r, lo, hi), floating).reshape(x.shape)
     q = _clamped(r, lo, hi).add_(zero_point.to(dtype))
     return q.to(storage).reshape(x.shape)
 
@@ -298,8 +335,8 @@ def dequantize_int(
     q: Tensor, qparams: QParams, dtype: torch.dtype = torch.float32, *, fused: bool = False
 ) -> Tensor:
     """r̂ = S · (q − Z) for an unpacked integer tensor ``q``, in ``dtype`` (computed in
-    `compute_dtype`). Codes outside the scheme's range are refused (``fused``: see
-    `quantize_int`)."""
+    `compute_dtype`); for a float format r̂ = S · fp(q), fp(q) the value of the bit pattern q.
+    Codes outside the scheme's range are refused (``fused``: see `quantize_int`)."""
     if not isinstance(q, Tensor):
         raise TypeError(f"dequantize expects a QTensor or integer codes, got {type(q).__name__}")
     qparams = _check_qparams(qparams, "dequantize")
@@ -308,6 +345,10 @@ def dequantize_int(
     check_codes(q, qparams.scheme.qmin, qparams.scheme.qmax, str(qparams.scheme))
     scale, zero_point, view_shape = qparams.broadcast(q.shape)
     compute = compute_dtype(dtype, qparams.scheme)
+    floating = qparams.scheme.floating
+    if floating is not None:
+        v = _float_values(q.reshape(view_shape), floating, compute)
+        return _reals(v, scale.to(compute)).to(dtype).reshape(q.shape)
     if qparams.scheme.granularity == "per_tensor" and q.numel() > CHUNK:
         s, z = float(scale), int(zero_point)
         if fused and compute == dtype == torch.float32 and q.numel() >= fused_kernels.MIN_ELEMENTS:
@@ -346,7 +387,8 @@ def dequantize(
 
 
 class _FakeQuantize(torch.autograd.Function):
-    """Forward: S·clamp(round(x/S), qmin − Z, qmax − Z) with the three steps above.
+    """Forward: S·clamp(round(x/S), qmin − Z, qmax − Z) with the three steps above (a float
+    format: round to the format, [qmin, qmax] = [−max, max], Z = 0).
 
     Backward (g = the incoming gradient, v = round(x/S), u = x/S, in = [qmin−Z ≤ v ≤ qmax−Z],
     k = ``grad_factor``):
@@ -377,8 +419,8 @@ class _FakeQuantize(torch.autograd.Function):
             lo, hi = _bounds(scheme, zero_point.detach(), dtype)
         else:
             z = float(zero_point)
-            lo, hi = scheme.qmin - z, scheme.qmax - z
-        r = _rounded(x.detach(), s, scheme.rounding, generator, dtype)
+            lo, hi = scheme.level_range[0] - z, scheme.level_range[1] - z
+        r = _rounded(x.detach(), s, scheme.rounding, generator, dtype, floating=scheme.floating)
         inside = (r >= lo).logical_and_(r <= hi)
         # v + 0.0 turns the −0.0 of round(−0.3) into +0.0, as the integer code q − Z has it
         v = _clamped(r, lo, hi).add_(0.0)

@@ -27,7 +27,7 @@ from zeropoint.nn.quantizers import FakeQuant
 from zeropoint.ops.simulated import SimulatedOp
 from zeropoint.ops.table import spec_for
 from zeropoint.qparams import QParams
-from zeropoint.workflows.graph import state_of, tensor_inputs
+from zeropoint.workflows.graph import link, state_of, tensor_inputs
 
 
 @dataclass
@@ -136,6 +136,7 @@ def build_qgraph(model: nn.Module, example_inputs: Any) -> QGraph:
     gm = state.graph_module
     if gm is None:
         raise ValueError(_no_graph_reason(model, state))
+    link(model, gm)
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     recorder = _Recorder(gm)
     try:
@@ -203,12 +204,16 @@ class _Builder:
         """Argument node name → the edge holding its value (for ops that run torch code)."""
         return {a.name: self.alias[a] for a in tensor_inputs(node) if a in self.alias}
 
-    def float_op(self, node: fx.Node, module: nn.Module | None) -> QOp:
-        edges = self.node_edges(node)
-        ins = [e for e in edges.values() if e in self.edges or e in self.producer]
+    def float_op_attrs(self, node: fx.Node) -> dict[str, Any]:
+        """What a float operation's torch code reads: its argument edges and constants."""
         consts = {a.name: self.values.get(a) for a in tensor_inputs(node) if not self.is_tensor(a)}
+        return {"node_edges": self.node_edges(node), "arg_values": consts}
+
+    def float_op(self, node: fx.Node, module: nn.Module | None) -> QOp:
+        attrs = self.float_op_attrs(node)
+        ins = [e for e in attrs["node_edges"].values() if e in self.edges or e in self.producer]
         return self.add(
-            QOp("float", ins, node.name, attrs={"node_edges": edges, "arg_values": consts},
+            QOp("float", ins, node.name, attrs=attrs,
                 where=where_of(node), shape=self.shape(node), node=node, module=module)
         )  # fmt: skip
 
@@ -366,9 +371,23 @@ class _Builder:
                                   module=op.module)  # fmt: skip
                 self.producer[op.output] = self.ops[i]
                 continue
+            if spec.finalize is not None and self.on_float_grid(op):
+                # tables index the 256 codes of an integer grid: on an fp8 / fp4 grid the
+                # operation runs in float between DequantizeLinear and QuantizeLinear
+                assert op.node is not None
+                self.ops[i] = QOp("float", op.inputs, op.output, op.out_qparams,
+                                  attrs=self.float_op_attrs(op.node), where=op.where,
+                                  shape=op.shape, node=op.node, module=op.module)  # fmt: skip
+                self.producer[op.output] = self.ops[i]
+                continue
             if spec.finalize is not None:
                 spec.finalize(op, QGraph(self.ops, self.edges, self.inputs, self.outputs,
                                          self.shapes))  # fmt: skip
+
+    def on_float_grid(self, op: QOp) -> bool:
+        """Does ``op`` read or write a float-format (fp8 / fp4) grid?"""
+        grids = [self.edges.get(e) for e in op.inputs] + [op.out_qparams]
+        return any(g is not None and g.scheme.float_format is not None for g in grids)
 
 
 _BUILTIN = ("quantize", "requantize", "dequantize", "float", "python", "constant")

@@ -9,6 +9,11 @@ Other conventions in the literature map onto it directly:
   * Gholami et al. 2021 survey:   Q(r) = Int(r / S) − Z           (their Z is our −Z)
   * Nagel et al. 2021 white paper: x_int = clamp(round(x / s) + z)  (s = S, z = Z)
 
+Float formats (``Scheme(float_format="e4m3fn")``: fp8 e4m3fn / e5m2, fp4 e2m1) use the same
+convention with Z = 0 and the format's own values in place of the integers — the scaled fp8 of
+serving stacks, r̂ = S·fp8(r / S) with S = amax / max_f — and their codes are the format's bit
+patterns (unsigned b-bit integers: what a torch float8 tensor stores).
+
 Granularity is described by two fields of `Scheme`:
   * per-tensor:  axis=None, group_size=None — one (S, Z) for the whole tensor;
   * per-channel: axis=k — one (S, Z) per index along axis k (k=0: output channels of a weight);
@@ -27,11 +32,18 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from zeropoint.formats import IntFormat
+from zeropoint.formats import FP4_E2M1, FP8_E4M3, FP8_E5M2, FloatFormat, IntFormat
 from zeropoint.validation import check_finite
 
 Rounding = Literal["half_even", "half_away", "floor", "stochastic"]
 ROUNDING_MODES: tuple[str, ...] = ("half_even", "half_away", "floor", "stochastic")
+
+#: Float formats a Scheme can quantize to (``Scheme.float_format``), by name.
+FLOAT_SCHEME_FORMATS: dict[str, FloatFormat] = {
+    "e4m3fn": FP8_E4M3,
+    "e5m2": FP8_E5M2,
+    "e2m1": FP4_E2M1,
+}
 
 #: Bit widths a Scheme accepts: 1..16 for data, 32 for int32 biases and accumulators.
 MAX_DATA_BITS = 16
@@ -48,6 +60,10 @@ class Scheme:
     * ``axis`` / ``group_size``: granularity (see the module docstring).
     * ``rounding``: ``half_even`` (default; torch and ONNX), ``half_away`` (from zero), ``floor``,
       ``stochastic`` (unbiased: ⌊r⌋ + 1 with probability r − ⌊r⌋).
+    * ``float_format``: None (integers), or "e4m3fn" / "e5m2" (fp8, ``bits=8``) / "e2m1" (fp4,
+      ``bits=4``): r/S is rounded to the float format (nearest, ties to even, saturating at
+      ±max) instead of to an integer, with Z = 0 — a float scheme is symmetric by nature
+      (``symmetric`` is set to True), signed, full range, and rounds half to even.
     """
 
     bits: int = 8
@@ -57,6 +73,7 @@ class Scheme:
     axis: int | None = None
     group_size: int | None = None
     rounding: str = "half_even"
+    float_format: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or isinstance(self.bits, bool):
@@ -97,6 +114,8 @@ class Scheme:
             or self.group_size < 1
         ):
             raise ValueError(f"Scheme.group_size={self.group_size!r} must be a positive int")
+        if self.float_format is not None:
+            self._check_float()
         lo, hi = self.qrange
         if lo >= hi:
             raise ValueError(
@@ -104,9 +123,50 @@ class Scheme:
                 f"leaves fewer than two levels [{lo}, {hi}]"
             )
 
+    def _check_float(self) -> None:
+        name = self.float_format
+        if name not in FLOAT_SCHEME_FORMATS:
+            raise ValueError(
+                f"Scheme.float_format={name!r} is unknown: expected None (integers) or one of "
+                f"{tuple(FLOAT_SCHEME_FORMATS)}"
+            )
+        fmt = FLOAT_SCHEME_FORMATS[name]
+        what = f"Scheme(float_format={name!r})"
+        if self.bits != fmt.bits:
+            raise ValueError(
+                f"{what} has {fmt.bits}-bit codes: pass bits={fmt.bits}, not {self.bits}"
+            )
+        if not self.signed or self.narrow:
+            raise ValueError(
+                f"{what}: a float format is signed and has no narrow range; got "
+                f"signed={self.signed}, narrow={self.narrow}"
+            )
+        if self.rounding != "half_even":
+            raise ValueError(
+                f"{what} rounds to the nearest value of the format, ties to even (IEEE, torch's "
+                f"float8 casts, ONNX QuantizeLinear); rounding={self.rounding!r} is not offered"
+            )
+        object.__setattr__(self, "symmetric", True)  # Z = 0: the only float grid
+
+    @property
+    def floating(self) -> FloatFormat | None:
+        """The float format of a float scheme (``float_format``), None for integers."""
+        return None if self.float_format is None else FLOAT_SCHEME_FORMATS[self.float_format]
+
     @property
     def format(self) -> IntFormat:
-        return IntFormat(self.bits, self.signed)
+        """The integer format of the codes: b-bit signed or unsigned integers; for a float
+        scheme the format's bit patterns, unsigned b-bit."""
+        return IntFormat(self.bits, self.signed and self.float_format is None)
+
+    @property
+    def level_range(self) -> tuple[int, int]:
+        """(lo, hi) that round(r/S) + Z is clamped to: (qmin, qmax) for integers, (−max, max)
+        for a float format (its largest finite value: 448, 57344 or 6, all integers)."""
+        fmt = self.floating
+        if fmt is None:
+            return self.qrange
+        return -int(fmt.max), int(fmt.max)
 
     @property
     def qrange(self) -> tuple[int, int]:
@@ -158,6 +218,8 @@ class Scheme:
             "per_group": f"group({self.group_size}, axis={-1 if self.axis is None else self.axis})",
         }[self.granularity]
         narrow = ",narrow" if self.narrow else ""
+        if self.float_format is not None:
+            return f"fp{self.bits} {self.float_format} {gran}"
         return f"{sign}{self.bits} {kind}{narrow} {gran}"
 
 
@@ -211,6 +273,11 @@ class QParams:
         if bool(fractional.any()):
             raise ValueError(
                 f"zero_point must hold integers, got {zero_point.flatten()[fractional.flatten()][0].item()}"
+            )
+        if self.scheme.float_format is not None and bool((zero_point != 0).any()):
+            raise ValueError(
+                f"a float format has no zero point ({self.scheme}): Z must be 0, got "
+                f"{int(zero_point.flatten()[(zero_point != 0).flatten()][0].item())}"
             )
         qmin, qmax = self.scheme.qrange
         out = (zero_point < qmin) | (zero_point > qmax)
@@ -385,6 +452,9 @@ def qparams_from_range(
         restricted range [−(2^(b−1)−1), 2^(b−1)−1]:  S = m / (2^(b−1) − 1),  Z = 0
         full range [−2^(b−1), 2^(b−1)−1]:             S = 2m / (2^b − 1),     Z = 0
         unsigned formats (torch's convention):        S = 2m / (qmax − qmin), Z = ⌈(qmin+qmax)/2⌉
+        float formats (scaled fp8 / fp4):               S = m / max_f,          Z = 0
+    (max_f the format's largest value, 448 for e4m3fn: the amax scaling of serving stacks,
+    r̂ = S·fp8(r/S), which maps ±m onto ±max_f).
     Degenerate ranges (α = β = 0, e.g. an all-zero tensor) get S = 1: any S represents 0 exactly.
 
     ``lo``/``hi`` are scalars (per-tensor) or tensors shaped like the scale (per-channel ``(C,)``,
@@ -403,7 +473,11 @@ def qparams_from_range(
     qmin, qmax = scheme.qrange
     if scheme.symmetric:
         m = torch.maximum(alpha.abs(), beta)
-        if scheme.signed:
+        floating = scheme.floating
+        if floating is not None:
+            scale = m / floating.max
+            zero_point = torch.zeros_like(scale)
+        elif scheme.signed:
             half = qmax if scheme.narrow else (qmax - qmin) / 2.0
             scale = m / half
             zero_point = torch.zeros_like(scale)

@@ -97,8 +97,9 @@ class QTensor:
         scheme = qparams.scheme
         if not checked:
             check_codes(codes, scheme.qmin, scheme.qmax, str(scheme))
-        if scheme.bits <= 4:
-            return cls(pack(codes, scheme.bits, scheme.signed), qparams, codes.shape, True, dtype)
+        if scheme.bits <= 4:  # float schemes: unsigned bit patterns (scheme.format.signed)
+            packed = pack(codes, scheme.bits, scheme.format.signed)
+            return cls(packed, qparams, codes.shape, True, dtype)
         return cls(codes, qparams, codes.shape, False, dtype)
 
     def int_repr(self) -> Tensor:
@@ -109,7 +110,7 @@ class QTensor:
         numel = 1
         for d in self.shape:
             numel *= d
-        return unpack(self.data, scheme.bits, scheme.signed, numel).reshape(self.shape)
+        return unpack(self.data, scheme.bits, scheme.format.signed, numel).reshape(self.shape)
 
     def dequantize(self, dtype: torch.dtype | None = None) -> Tensor:
         """r̂ = S · (q − Z), in ``dtype`` (default: the dtype it was quantized from)."""

@@ -36,7 +36,14 @@ from torch import Tensor, fx, nn
 from zeropoint.engine.program_io import op_from_json, op_to_json
 from zeropoint.functional import dequantize_int, quantize_int
 from zeropoint.lowering import QGraph, QOp, build_qgraph
-from zeropoint.ops.common import REQUANTIZATIONS, byte_index, engine_dtype, gather, levels
+from zeropoint.ops.common import (
+    REQUANTIZATIONS,
+    byte_index,
+    check_integer_grids,
+    engine_dtype,
+    gather,
+    levels,
+)
 from zeropoint.ops.table import spec_for
 from zeropoint.qparams import QParams
 from zeropoint.report.files import atomic_path, atomic_write_text, check_writable_dir
@@ -227,7 +234,9 @@ def to_integer(
         rounding = state_of(model).config.requantization
     if rounding not in REQUANTIZATIONS:
         raise ValueError(f"rounding={rounding!r}: expected one of {REQUANTIZATIONS}")
-    return _prepare(build_qgraph(model, example_inputs), rounding)
+    graph = build_qgraph(model, example_inputs)
+    check_integer_grids(graph)  # fp8 / fp4 grids have no integer kernels
+    return _prepare(graph, rounding)
 
 
 def _prepare(graph: QGraph, rounding: str) -> IntegerProgram:

@@ -286,8 +286,10 @@ def _rebuild(model: nn.Module, doc: Document) -> nn.Module:
         with warnings.catch_warnings():  # the capture is compared below
             warnings.filterwarnings("ignore", message="torch.fx could not capture")
             # a QAT model was converted to frozen quantizers: the same structure static
-            # preparation builds (learnable quantizers are a training-time matter)
-            rebuilt = prepare(template, doc.config.with_(learnable=None), inplace=True)
+            # preparation builds (learnable quantizers and stochastic rounding are a
+            # training-time matter; converted quantizers round to nearest)
+            config = doc.config.with_(learnable=None).deterministic()
+            rebuilt = prepare(template, config, inplace=True)
         state_of(rebuilt).config = doc.config
     capture = state_of(rebuilt).capture
     if capture != doc.capture:

@@ -46,6 +46,22 @@ def _int_types() -> dict[tuple[int, bool], int]:
             (16, True): TensorProto.INT16, (16, False): TensorProto.UINT16}  # fmt: skip
 
 
+def _float_types() -> dict[str, int]:
+    """ONNX element types of the float formats (QuantizeLinear / DequantizeLinear, opset ≥ 19:
+    the zero point's type carries the float8 type)."""
+    from onnx import TensorProto
+
+    return {"e4m3fn": TensorProto.FLOAT8E4M3FN, "e5m2": TensorProto.FLOAT8E5M2,
+            "e2m1": TensorProto.FLOAT4E2M1}  # fmt: skip
+
+
+#: float formats whose QuantizeLinear / DequantizeLinear ONNX Runtime 1.32's CPU provider runs
+#: (float8 since opset 19); e2m1 (float4, opset 23) has no CPU kernel — not for Q/DQ, not for
+#: Cast — so fp4 grids are written as the same rounding in standard operators (`_emulated_qdq`)
+#: and fp4 weights as their dequantized values.
+ORT_FLOAT_TYPES = ("e4m3fn", "e5m2")
+
+
 class OnnxBuilder:
     """Nodes and initializers of the graph being written, with QDQ helpers."""
 
@@ -63,13 +79,22 @@ class OnnxBuilder:
         return f"{base}_{self.counter}"
 
     def int_type(self, qp: QParams) -> int:
-        """The ONNX integer type holding the codes of ``qp`` (8-bit containers up to 8 bits)."""
+        """The ONNX type holding the codes of ``qp``: integers in 8-bit containers up to 8 bits,
+        16-bit ones above; a float format its float8 / float4 type."""
+        if qp.scheme.float_format is not None:
+            return _float_types()[qp.scheme.float_format]
         bits = 8 if qp.scheme.bits <= 8 else 16 if qp.scheme.bits <= 16 else 0
         key = (bits, qp.scheme.signed)
         types = _int_types()
         if key not in types:
             raise ValueError(f"ONNX has no integer type for {qp.scheme} (up to 16 bits)")
         return types[key]
+
+    @staticmethod
+    def runs_type(scheme: object) -> bool:
+        """Does ONNX Runtime run QuantizeLinear / DequantizeLinear of this scheme's type?"""
+        fmt = getattr(scheme, "float_format", None)
+        return fmt is None or fmt in ORT_FLOAT_TYPES
 
     def const(self, base: str, array: np.ndarray, elem_type: int | None = None) -> str:
         from onnx import helper, numpy_helper
@@ -95,8 +120,12 @@ class OnnxBuilder:
         return scale, zero
 
     def qdq(self, x: str, qp: QParams | None, output: str) -> str:
-        """QuantizeLinear → (clip to a sub-8-bit range) → DequantizeLinear onto ``qp``."""
+        """QuantizeLinear → (clip to a sub-8-bit range) → DequantizeLinear onto ``qp``; a
+        float8 grid as QuantizeLinear → DequantizeLinear of its float8 type (saturating, as
+        the simulation); an fp4 grid as `_emulated_qdq`."""
         assert qp is not None
+        if not self.runs_type(qp.scheme):
+            return self._emulated_qdq(x, qp, output)
         scale, zero = self.qparams(qp, output)
         axis: dict[str, Any] = {} if qp.axis is None else {"axis": qp.axis}
         q = self.node("QuantizeLinear", [x, scale, zero], **axis)
@@ -104,18 +133,61 @@ class OnnxBuilder:
         container = {8: (-128, 127), 16: (-32768, 32767)}[8 if qp.scheme.bits <= 8 else 16]
         if not qp.scheme.signed:
             container = (0, 2 * container[1] + 1)
-        if (lo, hi) != container:
+        if (lo, hi) != container and qp.scheme.float_format is None:
             bounds = [self.const("code_bound", np.array(v), self.int_type(qp)) for v in (lo, hi)]
             q = self.node("Clip", [q, *bounds])
         return self.node("DequantizeLinear", [q, scale, zero], output, **axis)
 
+    def _emulated_qdq(self, x: str, qp: QParams, output: str) -> str:
+        """Q → DQ onto a float-format grid that ONNX Runtime has no kernel for (fp4 e2m1),
+        written as the simulation's arithmetic in standard operators, bit for bit:
+
+            u = x / S;  a = clip(u, −max, max);  q = 2^(max(⌊log2|a|⌋, emin) − m)
+            x̂ = S · (q · round(a / q))
+
+        with q chosen by comparisons of |a| against the binade edges 2^emin+1, ..., 2^emax
+        (round: half to even; every step after the division is exact)."""
+        fmt = qp.scheme.floating
+        assert fmt is not None
+        if qp.axis is not None:
+            raise ValueError(f"{output}: emulated {fmt.name} grids are per tensor, got {qp.scheme}")
+        s = self.const(f"{output}_scale", qp.scale.numpy().astype(np.float32))
+        u = self.node("Div", [x, s])
+        bound = [
+            self.const("float_max", np.array(v, dtype=np.float32)) for v in (-fmt.max, fmt.max)
+        ]
+        a = self.node("Clip", [u, *bound])
+        mag = self.node("Abs", [a])
+        step = self.const("ulp", np.array(2.0 ** (fmt.emin - fmt.man_bits), dtype=np.float32))
+        for k in range(fmt.emin + 1, fmt.emax + 1):
+            edge = self.const("binade", np.array(2.0**k, dtype=np.float32))
+            wider = self.const("ulp", np.array(2.0 ** (k - fmt.man_bits), dtype=np.float32))
+            step = self.node("Where", [self.node("GreaterOrEqual", [mag, edge]), wider, step])
+        rounded = self.node("Mul", [self.node("Round", [self.node("Div", [a, step])]), step])
+        return self.node("Mul", [rounded, s], output)
+
     def dq_const(self, codes: Tensor, qp: QParams, base: str, elem_type: int) -> str:
-        """An integer initializer behind a DequantizeLinear (weights, biases)."""
+        """An integer initializer behind a DequantizeLinear (weights, biases); for a float8
+        scheme its bit patterns as a float8 initializer."""
+        if qp.scheme.float_format is not None:
+            return self._float_dq_const(codes, qp, base, elem_type)
         q = self.const(f"{base}_quantized", codes.numpy(), elem_type)
         scale = self.const(f"{base}_scale", qp.scale.numpy().astype(np.float32))
         zero = self.const(f"{base}_zero_point", qp.zero_point.numpy(), elem_type)
         attrs: dict[str, Any] = {} if qp.axis is None else {"axis": qp.axis}
         return self.node("DequantizeLinear", [q, scale, zero], f"{base}_dequantized", **attrs)
+
+    def _float_dq_const(self, codes: Tensor, qp: QParams, base: str, elem_type: int) -> str:
+        from onnx import helper, numpy_helper
+
+        np_type = helper.tensor_dtype_to_np_dtype(elem_type)
+        name = self.name(f"{base}_quantized")
+        bits = codes.to(torch.uint8).numpy().view(np_type)  # the codes are the bit patterns
+        self.inits.append(numpy_helper.from_array(bits, name))
+        scale = self.const(f"{base}_scale", qp.scale.numpy().astype(np.float32))
+        zero = self.const(f"{base}_zero_point", qp.zero_point.numpy(), elem_type)
+        attrs: dict[str, Any] = {} if qp.axis is None else {"axis": qp.axis}
+        return self.node("DequantizeLinear", [name, scale, zero], f"{base}_dequantized", **attrs)
 
 
 def _emit(b: OnnxBuilder, op: QOp, graph: QGraph) -> None:
@@ -230,6 +302,45 @@ class _OneNode(torch.nn.Module):
         return node.target(*args, **kwargs)  # type: ignore[operator]
 
 
+def _keep_clips_before_float8(b: OnnxBuilder) -> None:
+    """Write Relu as Max(x, 0) and Clip as Min(Max(x, lo), hi) where they feed a float8
+    QuantizeLinear. ONNX Runtime 1.32's QDQ rules assume int8 / uint8 zero points there: its
+    ReluQuantFusion removes a Relu before any other QuantizeLinear (as if the grid began at 0,
+    which drops the negative half of an fp8 grid), and its ClipQuantFusion throws on a float8
+    zero point. Max / Min compute the same values (NaN aside) and match neither rule."""
+    from onnx import TensorProto, helper
+
+    float8 = {TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2}
+    zero_types = {init.name: init.data_type for init in b.inits}
+    fed = {
+        node.input[0]
+        for node in b.nodes
+        if node.op_type == "QuantizeLinear"
+        and len(node.input) == 3
+        and zero_types.get(node.input[2]) in float8
+    }
+    nodes: list[Any] = []
+    for node in b.nodes:
+        if node.op_type not in ("Relu", "Clip") or node.output[0] not in fed:
+            nodes.append(node)
+            continue
+        if node.op_type == "Relu":
+            bounds = [("Max", b.const("clip_zero", np.array(0.0, dtype=np.float32)))]
+        else:  # Clip(x, lo, hi): an empty or missing bound is open
+            given = [*node.input[1:3], "", ""][:2]
+            bounds = [(kind, name) for kind, name in zip(("Max", "Min"), given) if name]
+        x = node.input[0]
+        for i, (kind, bound) in enumerate(bounds):
+            out = node.output[0] if i == len(bounds) - 1 else b.name(kind.lower())
+            nodes.append(helper.make_node(kind, [x, bound], [out], name=b.name(kind)))
+            x = out
+        if not bounds:
+            nodes.append(
+                helper.make_node("Identity", [x], [node.output[0]], name=b.name("Identity"))
+            )
+    b.nodes[:] = nodes
+
+
 def to_onnx_model(model: torch.nn.Module, example_inputs: Any) -> Any:
     """The QDQ onnx.ModelProto of a converted model (see the module docstring)."""
     return qgraph_to_onnx(build_qgraph(model, example_inputs), f"{type(model).__name__}_qdq")
@@ -243,6 +354,7 @@ def qgraph_to_onnx(graph: QGraph, name: str = "zeropoint_qdq") -> Any:
     b = OnnxBuilder()
     for op in graph.ops:
         _emit(b, op, graph)
+    _keep_clips_before_float8(b)
 
     def info(name: str) -> Any:
         shape: list[Any] = ["batch", *graph.shapes[name][1:]] if graph.shapes[name] else []

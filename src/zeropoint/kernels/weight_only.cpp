@@ -17,7 +17,6 @@
 // with up to 8 rows of x held in registers; rows of W are split over torch's threads. Other
 // CPUs run the scalar path, the same arithmetic one element at a time.
 #include <ATen/Parallel.h>
-#include <c10/core/InferenceMode.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
@@ -466,26 +465,23 @@ at::Tensor linear_tiled(const at::Tensor& x, const at::Tensor& codes, const at::
 #else
   void* fn = nullptr;
 #endif
-  const int64_t tiles = (n + tile - 1) / tile;
-  // worker threads do not inherit the caller's inference mode: without it, mm_out into an
-  // inference tensor (yt, allocated under torch.inference_mode) is refused there
-  const bool inference = c10::InferenceMode::is_enabled();
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-    c10::InferenceMode guard(inference);
-    std::vector<float> buf(static_cast<size_t>(tile * k));
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r0 = t * tile, rows = std::min(tile, n - r0);
-      // the decoders index rows from the start of W; shift the output so row r0 lands at 0
-      float* w = buf.data() - r0 * k;
+  // Tensor operations stay in the calling thread (intra-op workers do not inherit its
+  // InferenceMode, and an inference tensor may only be updated inside it); the workers only
+  // decode rows into the raw buffer, and the GEMM parallelises itself.
+  std::vector<float> buf(static_cast<size_t>(tile * k));
+  for (int64_t r0 = 0; r0 < n; r0 += tile) {
+    const int64_t rows = std::min(tile, n - r0);
+    // the decoders index rows from the start of W; shift the output so row r0 lands at 0
+    float* w = buf.data() - r0 * k;
+    at::parallel_for(r0, r0 + rows, grain_rows(k), [&](int64_t n0, int64_t n1) {
 #ifdef ZP_X86
-      if (fn) fn(a, w, r0, r0 + rows);
-      else
+      if (fn) return fn(a, w, n0, n1);
 #endif
-        dequantize_scalar(a, static_cast<int>(c), kind, w, r0, r0 + rows);
-      at::Tensor out = yt.narrow(0, r0, rows);
-      at::mm_out(out, at::from_blob(buf.data(), {rows, k}, x.options()), xt);
-    }
-  });
+      dequantize_scalar(a, static_cast<int>(c), kind, w, n0, n1);
+    });
+    at::Tensor out = yt.narrow(0, r0, rows);
+    at::mm_out(out, at::from_blob(buf.data(), {rows, k}, x.options()), xt);
+  }
   at::Tensor y = yt.t().contiguous();
   if (bias.has_value() && bias->defined()) y.add_(*bias);
   return y;

@@ -103,6 +103,11 @@ class _Learnable(nn.Module):
                 f"{name}: learnable quantizers support per-tensor and per-channel schemes, not "
                 f"{scheme}"
             )
+        if scheme.float_format is not None:
+            raise ValueError(
+                f"{name} learns the step of an integer grid; {scheme} is a float format: for "
+                "fp8 / fp4 QAT use learnable=None (the scale follows the amax, S = amax / max)"
+            )
         if isinstance(num_scales, bool) or not isinstance(num_scales, int) or num_scales < 1:
             raise ValueError(f"{name}: num_scales={num_scales!r} must be a positive int")
         if scheme.axis is None and num_scales != 1:
@@ -195,6 +200,13 @@ class _Learnable(nn.Module):
                 "once (e.g. prepare_qat(..., example_inputs=x)) before asking for its qparams"
             )
 
+    def _rounding(self) -> tuple[Scheme, torch.Generator | None]:
+        """The scheme and generator of this forward: stochastic rounding only while training,
+        to nearest in eval mode (as deployed; see `zeropoint.nn.quantizers`)."""
+        if self.scheme.rounding == "stochastic" and not self.training:
+            return self.scheme.with_(rounding="half_even"), None
+        return self.scheme, self.generator
+
     def _resolved_axis(self) -> int | None:
         return self.axis if self.axis is not None else self.scheme.axis
 
@@ -241,7 +253,7 @@ class LSQ(_Learnable):
         self._prepare(x)
         g = 1.0 / math.sqrt(self._elements_per_scale(x) * self.scheme.qmax)
         s = self._view(self._step(self.scale), x)
-        return fake_quantize_learnable(x, s, 0.0, self.scheme, self.generator, grad_factor=g)
+        return fake_quantize_learnable(x, s, 0.0, *self._rounding(), grad_factor=g)
 
     def qparams(self) -> QParams:
         self._check_initialized()
@@ -286,7 +298,7 @@ class LSQPlus(_Learnable):
         g = 1.0 / math.sqrt(self._elements_per_scale(x) * (qmax - qmin))
         s = self._view(self._step(self.scale), x)
         z = self._view(round_ste(torch.clamp(self.offset, qmin, qmax)), x)
-        return fake_quantize_learnable(x, s, z, self.scheme, self.generator, grad_factor=g)
+        return fake_quantize_learnable(x, s, z, *self._rounding(), grad_factor=g)
 
     def qparams(self) -> QParams:
         self._check_initialized()
@@ -344,7 +356,7 @@ class PACT(_Learnable):
         self._prepare(x)
         s = self._clip(self.alpha) / self.scheme.qmax
         return fake_quantize_learnable(
-            x, s.reshape(()), 0.0, self.scheme, self.generator, step_gradient=False
+            x, s.reshape(()), 0.0, *self._rounding(), step_gradient=False
         )
 
     def qparams(self) -> QParams:

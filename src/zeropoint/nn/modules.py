@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zeropoint.bias import bias_qparams, bias_safe_weight_qparams
+from zeropoint.bias import bias_qparams, bias_safe_weight_qparams, integer_bias
 from zeropoint.fold import bn_scale_shift, output_channel_axis
 from zeropoint.functional import dequantize_int, fake_quantize, quantize_int
 from zeropoint.nn.quantizers import FakeQuant
@@ -67,6 +67,16 @@ def active_qparams(quantizer: nn.Module | None) -> QParams | None:
     if quantizer is not None and bool(getattr(quantizer, "initialized", False)):
         return quantizer.qparams()  # type: ignore[operator,no-any-return]
     return None
+
+
+def _deployable(x_qp: QParams, y_qp: QParams, w_qp: QParams) -> bool:
+    """Grids the integer engine runs: ≤ 8-bit per-tensor activations, symmetric ≤ 8-bit
+    per-tensor or per-channel weights, all integer (fp8 / fp4 grids have no integer kernel)."""
+    if any(q.scheme.float_format is not None for q in (x_qp, y_qp, w_qp)):
+        return False
+    activations = all(q.scheme.bits <= 8 and q.scale.dim() == 0 for q in (x_qp, y_qp))
+    w = w_qp.scheme
+    return activations and w.bits <= 8 and w.symmetric and w.group_size is None
 
 
 class QuantMixin(nn.Module):
@@ -146,6 +156,8 @@ class QuantMixin(nn.Module):
         w_qp = self._frozen_weight_qparams() or active_qparams(self.weight_quant)
         if x_qp is None or w_qp is None or w_qp.scheme.group_size is not None:
             return bias
+        if not integer_bias(x_qp, w_qp):  # fp8 / fp4 grids: the bias stays float
+            return bias
         if w_qp.scale.dim() > 1 or x_qp.scale.dim() != 0:
             return bias
         return fake_quantize(bias, bias_qparams(x_qp, w_qp))
@@ -176,8 +188,11 @@ class QuantMixin(nn.Module):
             return None
         x_qp, y_qp = frozen_qparams(grid.quantizer()), frozen_qparams(out.quantizer())
         w = self._parameters["weight"]
-        if x_qp is None or y_qp is None or frozen_qparams(self.weight_quant) is None or w is None:
+        w_qp = frozen_qparams(self.weight_quant)
+        if x_qp is None or y_qp is None or w_qp is None or w is None:
             return None
+        if not _deployable(x_qp, y_qp, w_qp):
+            return None  # no integer kernel (to_integer says why): the float simulation runs
         b = self._parameters.get("bias")
         clip = self.__dict__.get("output_clip")
         rounding = str(self.__dict__.get("requantization", "float32"))

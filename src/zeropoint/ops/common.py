@@ -17,10 +17,35 @@ if TYPE_CHECKING:  # avoids an import cycle with lowering
 
 
 def engine_dtype(qp: QParams, what: str = "tensor") -> torch.dtype:
-    """int8 / uint8: the container of a ≤ 8-bit grid (the engine runs 8-bit activations)."""
+    """int8 / uint8: the container of a ≤ 8-bit grid (the engine runs 8-bit activations).
+    A float format (fp8 / fp4) is refused: the engine has no float8 arithmetic."""
+    if qp.scheme.float_format is not None:
+        raise ValueError(float_refusal(what, qp.scheme.float_format))
     if qp.scheme.bits > 8:
         raise ValueError(f"{what}: the integer engine runs ≤ 8-bit activations, got {qp.scheme}")
     return torch.int8 if qp.scheme.signed else torch.uint8
+
+
+def float_refusal(what: str, float_format: str) -> str:
+    return (
+        f"{what} uses the float format {float_format}: the integer engine runs integer grids "
+        "and has no float8 / float4 arithmetic; run the simulation, or export it to ONNX "
+        "(zp.export_onnx: QuantizeLinear / DequantizeLinear with float8 types)"
+    )
+
+
+def check_integer_grids(graph: QGraph) -> None:
+    """Refuse a graph with a float-format grid (an edge, or a layer's weights), naming the
+    first operation that uses one (what `zp.to_integer` checks before building kernels)."""
+    for op in graph.ops:
+        fmt = op.attrs.get("w_format")
+        if fmt is not None:
+            raise ValueError(float_refusal(f"layer {op.where or op.output} (weights)", fmt))
+        for edge in [*op.inputs, op.output]:
+            qp = graph.edges.get(edge)
+            if qp is not None and qp.scheme.float_format is not None:
+                where = op.where or op.output
+                raise ValueError(float_refusal(f"{op.kind} {where}", qp.scheme.float_format))
 
 
 def grid(qp: QParams | None, what: str) -> tuple[float, int]:
@@ -119,8 +144,10 @@ def graph_edge(graph: QGraph, edge: str) -> QParams | None:
 __all__ = [
     "REQUANTIZATIONS",
     "byte_index",
+    "check_integer_grids",
     "clip_codes",
     "engine_dtype",
+    "float_refusal",
     "gather",
     "graph_edge",
     "grid",

@@ -12,13 +12,14 @@ before a convolution without padding, exactly as torch pads before its convoluti
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from zeropoint.bias import bias_safe_weight_qparams, quantize_bias
+from zeropoint.bias import bias_safe_weight_qparams, integer_bias, quantize_bias
 from zeropoint.engine import conv as conv_k
 from zeropoint.engine import conv_transpose as convt_k
 from zeropoint.engine import kernels as lin_k
@@ -34,7 +35,7 @@ from zeropoint.nn.modules import (
     QuantMixin,
     frozen_qparams,
 )
-from zeropoint.ops.common import grid, layer_requantizer
+from zeropoint.ops.common import float_refusal, grid, layer_requantizer
 from zeropoint.ops.movement import pad_codes
 from zeropoint.ops.spec import Kernel, OpSpec
 from zeropoint.qparams import QParams
@@ -64,6 +65,8 @@ def layer_attrs(
             "would differ from the integer program's (re-run zp.prepare / zp.quantize_static)"
         )
     bias = m._parameters.get("bias")
+    if not integer_bias(x_qp, base):
+        return {**_float_attrs(m, base, bias, where), **_geometry(m, output_padding)}
     w_qp = bias_safe_weight_qparams(base, bias, x_qp, where)
     scheme = w_qp.scheme
     if scheme.bits > 8 or not scheme.symmetric or int(w_qp.zero_point.abs().max()) != 0:
@@ -77,6 +80,31 @@ def layer_attrs(
     if bias is not None:
         attrs["q_b"] = quantize_bias(bias, x_qp, w_qp)[1]
     return {**attrs, **_geometry(m, output_padding)}
+
+
+def _float_attrs(m: QuantMixin, w_qp: QParams, bias: Tensor | None, where: str) -> dict[str, Any]:
+    """A layer on a float-format grid (its weights or its input fp8 / fp4): the weight's codes
+    under its own scheme (float bit patterns, or integers beside a float input), its scale, and
+    the float bias — for the ONNX export; the integer engine refuses them (``w_format``)."""
+    if w_qp.scheme.group_size is not None:
+        raise ValueError(
+            f"layer {where}: group-wise weights beside a float format are not exported"
+        )
+    codes = quantize_int(m.float_weight.detach(), w_qp)
+    fmt = w_qp.scheme.float_format or f"int{w_qp.scheme.bits} beside a float input"
+    attrs: dict[str, Any] = {"w_codes": codes, "w_scale": w_qp.scale.clone(), "w_axis": w_qp.axis,
+                             "w_zero": w_qp.zero_point.clone(), "w_format": fmt,
+                             "w_scheme": asdict(w_qp.scheme)}  # fmt: skip
+    if bias is not None:
+        attrs["b"] = bias.detach().float().clone()
+    return attrs
+
+
+def _int_weight(op: QOp) -> Tensor:
+    """The int8 weight codes of a layer; a float-format layer has no integer kernel."""
+    if "w_format" in op.attrs:
+        raise ValueError(float_refusal(f"layer {op.where}", str(op.attrs["w_format"])))
+    return op.attrs["q_w"]  # type: ignore[no-any-return]
 
 
 def _geometry(m: Any, output_padding: list[int] | None) -> dict[str, Any]:
@@ -147,7 +175,7 @@ def _requantizer(op: QOp, graph: QGraph, channels: int, rounding: str) -> Any:
 def _conv_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
     a = op.attrs
     dims = int(a["dims"])
-    q_w: Tensor = a["q_w"]
+    q_w = _int_weight(op)
     z_x = grid(graph.edges[op.inputs[0]], f"input of {op.where}")[1]
     rq = _requantizer(op, graph, q_w.shape[0], rounding)
     pads, mode = list(a["pads"]), str(a["pad_mode"])
@@ -175,7 +203,7 @@ def _conv_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
 def _conv_transpose_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
     a = op.attrs
     dims = int(a["dims"])
-    q_w: Tensor = a["q_w"]
+    q_w = _int_weight(op)
     groups = int(a["groups"])
     z_x = grid(graph.edges[op.inputs[0]], f"input of {op.where}")[1]
     rq = _requantizer(op, graph, q_w.shape[1] * groups, rounding)
@@ -199,7 +227,7 @@ def _conv_transpose_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
 
 
 def _linear_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
-    q_w: Tensor = op.attrs["q_w"]
+    q_w = _int_weight(op)
     z_x = grid(graph.edges[op.inputs[0]], f"input of {op.where}")[1]
     rq = _requantizer(op, graph, q_w.shape[0], rounding)
     weights = lin_k.prepare_linear(q_w, op.attrs.get("q_b"))
@@ -208,7 +236,7 @@ def _linear_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
 
 def _affine_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
     """acc_c = q_w,c·(q_x − Z_x) + q_b,c per channel (dimension 1), then the requantizer."""
-    q_w: Tensor = op.attrs["q_w"]
+    q_w = _int_weight(op)
     z_x = grid(graph.edges[op.inputs[0]], f"input of {op.where}")[1]
     rq = _requantizer(op, graph, q_w.shape[0], rounding)
     w = q_w.to(torch.int64)
@@ -226,13 +254,18 @@ def _affine_kernel(op: QOp, graph: QGraph, rounding: str) -> Kernel:
 # ----------------------------------------------------------------------------- ONNX
 
 
-def _weight_inputs(b: Any, op: QOp, graph: QGraph, x: str, transposed: bool = False) -> list[str]:
+def _weight_inputs(
+    b: Any, op: QOp, graph: QGraph, x: str, transposed: bool = False, spatial: int = 0
+) -> list[str]:
     """[x, DQ(weight codes), DQ(int32 bias codes)]; ``transposed``: a 2-D weight as (K, N), its
-    per-output-channel scales on axis 1 (MatMul's layout)."""
+    per-output-channel scales on axis 1 (MatMul's layout). A float-format layer's float bias
+    is shaped (C, 1 × ``spatial``) to be added after the layer (`_layer_node`)."""
     from zeropoint.bias import bias_qparams
     from zeropoint.qparams import QParams, Scheme
 
     a = op.attrs
+    if "w_format" in a:
+        return _float_weight_inputs(b, op, x, transposed, spatial)
     scale: Tensor = a["w_scale"]
     codes: Tensor = a["q_w"]
     axis = a["w_axis"]
@@ -251,6 +284,45 @@ def _weight_inputs(b: Any, op: QOp, graph: QGraph, x: str, transposed: bool = Fa
     return inputs
 
 
+def _float_weight_inputs(b: Any, op: QOp, x: str, transposed: bool, spatial: int) -> list[str]:
+    """[x, DQ(weight), float bias] for a layer on a float-format grid (`_float_attrs`): the
+    weight behind a DequantizeLinear of its own type (float8, or int8 beside a float input),
+    or, where ONNX Runtime has no kernel for the type (fp4), its dequantized values."""
+    from zeropoint.functional import dequantize_int
+    from zeropoint.qparams import QParams, Scheme
+
+    a = op.attrs
+    scheme, axis = Scheme(**a["w_scheme"]), a["w_axis"]
+    qp = QParams(a["w_scale"], a["w_zero"], scheme, axis)
+    codes: Tensor = a["w_codes"]
+    stored_qp = qp
+    if transposed:
+        codes = codes.t().contiguous()
+        if axis is not None:
+            stored_qp = QParams(qp.scale, qp.zero_point, scheme.with_(axis=1), 1)
+    base = f"{op.output}_weight"
+    if b.runs_type(scheme):
+        weight = b.dq_const(codes, stored_qp, base, b.int_type(qp))
+    else:
+        values = dequantize_int(codes, stored_qp).numpy()
+        weight = b.const(f"{base}_dequantized", values.astype(np.float32))
+    inputs = [x, weight]
+    if "b" in a:
+        bias = a["b"].reshape(-1, *[1] * spatial).numpy().astype(np.float32)
+        inputs.append(b.const(f"{op.output}_bias", bias))
+    return inputs
+
+
+def _layer_node(b: Any, kind: str, inputs: list[str], op: QOp, **attrs: Any) -> str:
+    """The layer's node. A float-format layer adds its float bias after it (an Add of the bias
+    shaped (C, 1, ...)): given as the node's bias input, ONNX Runtime's WeightBiasQuantization
+    (1.32) would round it to int32 codes at S_x·S_w — codes that fp8 scales overflow — while
+    the simulation adds the float bias."""
+    if "w_format" not in op.attrs or len(inputs) < 3:
+        return b.node(kind, inputs, **attrs)  # type: ignore[no-any-return]
+    return b.node("Add", [b.node(kind, inputs[:2], **attrs), inputs[2]])  # type: ignore[no-any-return]
+
+
 def _emit_conv(b: Any, op: QOp, graph: QGraph, ins: list[str]) -> str:
     a = op.attrs
     dims = int(a["dims"])
@@ -264,19 +336,20 @@ def _emit_conv(b: Any, op: QOp, graph: QGraph, ins: list[str]) -> str:
         pads = [0] * (2 * dims)
     attrs = {"strides": a["stride"], "dilations": a["dilation"], "group": a["groups"],
              "pads": pads}  # fmt: skip
-    return b.node("Conv", _weight_inputs(b, op, graph, x), **attrs)  # type: ignore[no-any-return]
+    return _layer_node(b, "Conv", _weight_inputs(b, op, graph, x, spatial=dims), op, **attrs)
 
 
 def _emit_conv_transpose(b: Any, op: QOp, graph: QGraph, ins: list[str]) -> str:
     a = op.attrs
     attrs = {"strides": a["stride"], "dilations": a["dilation"], "group": a["groups"],
              "pads": list(a["padding"]) * 2, "output_padding": a["output_padding"]}  # fmt: skip
-    return b.node("ConvTranspose", _weight_inputs(b, op, graph, ins[0]), **attrs)  # type: ignore[no-any-return]
+    inputs = _weight_inputs(b, op, graph, ins[0], spatial=int(a["dims"]))
+    return _layer_node(b, "ConvTranspose", inputs, op, **attrs)
 
 
 def _emit_linear(b: Any, op: QOp, graph: QGraph, ins: list[str]) -> str:
     if len(graph.shapes[op.inputs[0]]) == 2:
-        return b.node("Gemm", _weight_inputs(b, op, graph, ins[0]), transB=1)  # type: ignore[no-any-return]
+        return _layer_node(b, "Gemm", _weight_inputs(b, op, graph, ins[0]), op, transB=1)
     inputs = _weight_inputs(b, op, graph, ins[0], transposed=True)
     y = b.node("MatMul", inputs[:2])
     return y if len(inputs) < 3 else b.node("Add", [y, inputs[2]])  # type: ignore[no-any-return]

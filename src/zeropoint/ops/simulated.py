@@ -70,6 +70,8 @@ class SimulatedOp(nn.Module):
         y_qp = frozen_qparams(self.__dict__["out_grid"].quantizer())
         if y_qp is None or len(tensors) != len(grids) or any(g is None for g in grids):
             return y
+        if any(g.scheme.float_format is not None for g in [*grids, y_qp]):  # type: ignore[union-attr]
+            return y  # fp8 / fp4 grids: no integer kernel, the float operation is what runs
         key = (tuple(tuple(t.shape) for t in tensors), tuple(repr(g) for g in grids),
                tuple(float(g.scale) for g in grids), repr(y_qp), float(y_qp.scale))  # type: ignore[union-attr]  # fmt: skip
         kernels: dict[Any, Kernel] = self.__dict__["_kernels"]

@@ -40,6 +40,7 @@ from zeropoint.observers.registry import calibrate
 from zeropoint.ptq.capture import CalibData, LayerInputs, quantize_sequentially
 from zeropoint.qparams import QParams, Scheme
 from zeropoint.workflows.config import QuantConfig, int4_weight_only
+from zeropoint.workflows.dynamic import selected_layers
 from zeropoint.workflows.graph import QuantState
 
 
@@ -181,17 +182,7 @@ def weight_only_targets(
             "expected a weight-only config (activation=None), e.g. zp.int4_weight_only(128)"
         )
     config.check_names(model)
-    targets = []
-    for name, module in model.named_modules():
-        if type(module) not in (nn.Linear, nn.Embedding):
-            continue
-        resolved = config.resolve(name, module)
-        if resolved is None or resolved[0] is None:
-            continue
-        targets.append((name, module, resolved[0]))
-    if not targets:
-        raise ValueError(f"{type(model).__name__} has no Linear layer that the config selects")
-    return targets
+    return [(name, m, schemes[0]) for name, m, schemes in selected_layers(model, config)]  # type: ignore[misc]
 
 
 def finish_weight_only(

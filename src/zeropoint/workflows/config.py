@@ -9,11 +9,13 @@ in ``skip`` stay in float.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from torch import nn
 
 from zeropoint.qparams import Scheme
@@ -102,6 +104,10 @@ class QuantConfig:
     first_last_bits: QAT at low widths often keeps the first and last layers at 8 bits; set to 8
         to do that: the weights and output quantizers of the first and last quantized layers and
         the quantizers of the model's inputs (None: every layer at the config's widths).
+    seed: the random numbers of stochastic rounding (a scheme with rounding="stochastic", a
+        QAT option): each quantizer draws from its own torch.Generator seeded from (seed, its
+        name) (`generator_for`), so a run is reproducible and layers draw independent streams.
+        Required by stochastic schemes; zeropoint never draws from the global RNG.
     """
 
     weight: Scheme | None = INT8_WEIGHT
@@ -118,6 +124,7 @@ class QuantConfig:
     first_last_bits: int | None = None
     fold_bn: bool = True
     requantization: str = "float32"
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         from zeropoint.observers.registry import OBSERVERS
@@ -164,6 +171,51 @@ class QuantConfig:
             raise ValueError(f"QuantConfig.first_last_bits={fl!r}: expected None or 2..16")
         if self.per_token and not self.dynamic:
             raise ValueError("QuantConfig.per_token=True needs dynamic=True (run-time scales)")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
+        ):
+            raise ValueError(f"QuantConfig.seed={self.seed!r}: expected None or an int >= 0")
+        if self.stochastic and self.seed is None:
+            raise ValueError(
+                "the config rounds stochastically (a scheme with rounding='stochastic'), which "
+                "draws random numbers: give it a seed, QuantConfig(..., seed=0); zeropoint never "
+                "draws from the global RNG"
+            )
+
+    @property
+    def schemes(self) -> tuple[Scheme, ...]:
+        """Every scheme the config names (defaults and rules)."""
+        found = [self.weight, self.activation]
+        for rule in self.rules:
+            found += [rule.weight, rule.activation]
+        return tuple(s for s in found if s is not None)
+
+    @property
+    def stochastic(self) -> bool:
+        """Does any scheme of the config round stochastically?"""
+        return any(s.rounding == "stochastic" for s in self.schemes)
+
+    def generator_for(self, name: str) -> torch.Generator | None:
+        """The generator of the quantizer called ``name`` (a layer's weight, an activation
+        edge): seeded with the first 63 bits of SHA-256("seed:name"); None without a seed."""
+        if self.seed is None:
+            return None
+        digest = hashlib.sha256(f"{self.seed}:{name}".encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+    def deterministic(self) -> QuantConfig:
+        """The config rounding to nearest where it rounds stochastically: what a converted
+        model runs (stochastic rounding is a training-time option)."""
+
+        def fix(scheme: Scheme | None) -> Scheme | None:
+            if scheme is None or scheme.rounding != "stochastic":
+                return scheme
+            return scheme.with_(rounding="half_even")
+
+        rules = tuple(
+            replace(r, weight=fix(r.weight), activation=fix(r.activation)) for r in self.rules
+        )
+        return replace(self, weight=fix(self.weight), activation=fix(self.activation), rules=rules)
 
     def with_(self, **changes: Any) -> QuantConfig:
         return replace(self, **changes)
@@ -267,6 +319,26 @@ def _low_bit_qat(bits: int, learnable: str | None) -> QuantConfig:
     )
 
 
+def float_static(float_format: str = "e4m3fn", observer: str = "minmax") -> QuantConfig:
+    """Scaled float weights and activations, as fp8 serving stacks run them: weights per output
+    channel, activations per tensor, both r̂ = S·fp(r/S) with S = amax / max_f (Z = 0);
+    ``float_format`` "e4m3fn" or "e5m2" (fp8) or "e2m1" (fp4). Simulated and exported to ONNX;
+    the integer engine has no float arithmetic (`zp.to_integer` refuses)."""
+    from zeropoint.qparams import FLOAT_SCHEME_FORMATS
+
+    if float_format not in FLOAT_SCHEME_FORMATS:
+        raise ValueError(
+            f"float_format={float_format!r} is unknown: expected one of "
+            f"{tuple(FLOAT_SCHEME_FORMATS)}"
+        )
+    bits = FLOAT_SCHEME_FORMATS[float_format].bits
+    return QuantConfig(
+        weight=Scheme(bits=bits, float_format=float_format, axis=0),
+        activation=Scheme(bits=bits, float_format=float_format),
+        activation_observer=observer,
+    )
+
+
 PRESETS: dict[str, Callable[[], QuantConfig]] = {
     "int8_dynamic": int8_dynamic,
     "int8_static": int8_static,
@@ -274,6 +346,7 @@ PRESETS: dict[str, Callable[[], QuantConfig]] = {
     "w4a4_qat": w4a4_qat,
     "w3a3_qat": w3a3_qat,
     "w2a2_qat": w2a2_qat,
+    "fp8_static": float_static,
 }
 
 WORKFLOW_DEFAULTS: dict[str, Callable[[], QuantConfig]] = {
@@ -312,6 +385,18 @@ def resolve_config(config: QuantConfig | str | None, workflow: str) -> QuantConf
         problem = "is dynamic (activations quantized at run time): use zp.quantize_dynamic"
     elif workflow == "static" and config.activation is None:
         problem = "is weight-only (activation=None): use zp.quantize_dynamic"
+    elif workflow == "dynamic" and any(s.float_format for s in config.schemes):
+        problem = (
+            "has float-format schemes (fp8 / fp4), which the dynamic and weight-only int8 / "
+            "int4 kernels cannot run: use zp.quantize_static with zp.float_static(...), or "
+            "fp8 / fp4 weight-only layers (zeropoint.nn.codebook_weights.quantize_weights)"
+        )
+    elif workflow in ("static", "dynamic") and config.stochastic:
+        problem = (
+            "rounds stochastically (rounding='stochastic'), a training-time option: use "
+            "zp.prepare_qat, or config.deterministic() (round to nearest) for post-training "
+            "quantization"
+        )
     elif workflow in ("static", "dynamic") and config.learnable is not None:
         problem = (
             f"has learnable={config.learnable!r}, a QAT setting: use zp.prepare_qat, or "
@@ -345,6 +430,7 @@ __all__ = [
     "WORKFLOW_DEFAULTS",
     "LayerRule",
     "QuantConfig",
+    "float_static",
     "int4_weight_only",
     "int8_dynamic",
     "int8_static",

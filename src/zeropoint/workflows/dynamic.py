@@ -140,6 +140,25 @@ def _economise(
                 break
 
 
+def selected_layers(
+    model: nn.Module, config: QuantConfig
+) -> list[tuple[str, Any, tuple[Scheme | None, Scheme | None]]]:
+    """(name, layer, (weight scheme, activation scheme)) of every Linear and Embedding whose
+    weights the config quantizes; an error when there is none."""
+    targets = []
+    for name, module in model.named_modules():
+        if type(module) not in (nn.Linear, nn.Embedding):
+            continue
+        resolved = config.resolve(name, module)
+        if resolved is not None and resolved[0] is not None:
+            targets.append((name, module, resolved))
+    if not targets:
+        raise ValueError(
+            f"{type(model).__name__} has no Linear or Embedding layer that the config selects"
+        )
+    return targets
+
+
 def quantize_dynamic(
     model: nn.Module,
     config: QuantConfig | None = None,
@@ -168,18 +187,7 @@ def quantize_dynamic(
     model = model if inplace else copy.deepcopy(model)
     config.check_names(model)
     state = QuantState(config, "dynamic" if config.dynamic else "weight_only", capture="module")
-    targets = []
-    for name, module in model.named_modules():
-        if type(module) not in (nn.Linear, nn.Embedding):
-            continue
-        resolved = config.resolve(name, module)
-        if resolved is None or resolved[0] is None:
-            continue
-        targets.append((name, module, resolved))
-    if not targets:
-        raise ValueError(
-            f"{type(model).__name__} has no Linear or Embedding layer that the config selects"
-        )
+    targets = selected_layers(model, config)
     stats: dict[str, _InputStats] = {}
     reference: Tensor | None = None
     if calib_data is not None and not callable(calib_data):

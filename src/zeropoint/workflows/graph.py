@@ -221,8 +221,47 @@ def instrument(
     gm.__dict__["_modules"] = model._modules
     state.graph_module = gm
     model.__dict__["_zeropoint"] = state
-    model.__dict__["forward"] = gm.forward
+    model.__dict__["forward"] = _forward_of(model, gm, set(captured.concrete_args))
     return model
+
+
+def _forward_of(model: nn.Module, gm: fx.GraphModule, constants: set[str]) -> Callable[..., Any]:
+    """The graph's forward as the model's, callable with the model's own argument names (torch.fx
+    renames the placeholder of an argument taken as a constant: "flag" → "flag_1")."""
+    renamed = {}
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            name = str(node.target)
+            base = name.rsplit("_", 1)[0]
+            if name not in constants and base in constants:
+                renamed[base] = name
+    return GraphForward(model, gm, renamed)
+
+
+class GraphForward:
+    """The instrumented model's forward: its graph module, run on the model's own submodules.
+
+    The graph module looks its submodules up in the model's module dict, so that a later swap in
+    the model (QAT conversion, loading, post-training algorithms) is what the graph runs. It is
+    an object holding the model, so that ``copy.deepcopy(model)`` gives a copy whose forward
+    runs the copy's graph on the copy's modules (re-linked on every call: a deep copy of a
+    GraphModule rebuilds its module dict)."""
+
+    def __init__(self, model: nn.Module, gm: fx.GraphModule, renamed: dict[str, str]) -> None:
+        self.model, self.gm, self.renamed = model, gm, renamed
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        link(self.model, self.gm)
+        if self.renamed:
+            kwargs = {self.renamed.get(k, k): v for k, v in kwargs.items()}
+        return self.gm.forward(*args, **kwargs)
+
+
+def link(model: nn.Module, gm: fx.GraphModule) -> fx.GraphModule:
+    """Make ``gm`` run ``model``'s submodules (see `GraphForward`)."""
+    if gm.__dict__.get("_modules") is not model._modules:
+        gm.__dict__["_modules"] = model._modules
+    return gm
 
 
 def _swap_layers(

@@ -24,6 +24,14 @@ Weight decay pulls a learned step towards 0: `qat_param_groups` puts the quantiz
 in a group without it (the default), the other parameters in a group with it.
 
 Conv + batch norm pairs are folded in the QAT form (`zeropoint.nn.convbn`).
+
+Stochastic rounding (a scheme with rounding="stochastic", and ``QuantConfig(seed=...)``): each
+quantizer draws from its own generator (`QuantConfig.generator_for`); it rounds stochastically
+while training and to nearest in eval mode, and `convert` makes every quantizer round to nearest
+(the deployed model: ONNX QuantizeLinear and the integer engine round to nearest).
+
+Float formats (fp8 / fp4 schemes) train with learnable=None: the weights' scale follows their
+amax, the activations' their moving-average amax (the learnable quantizers refuse them).
 """
 
 from __future__ import annotations
@@ -35,8 +43,8 @@ from torch import nn
 
 from zeropoint.nn.convbn import QuantConvBn2d
 from zeropoint.nn.learnable import LSQ, PACT, LSQPlus, quantizer_parameters
-from zeropoint.nn.quantizers import FakeQuant
-from zeropoint.qparams import Scheme
+from zeropoint.nn.quantizers import FakeQuant, nearest
+from zeropoint.qparams import QParams, Scheme
 from zeropoint.workflows.config import QuantConfig, resolve_config
 from zeropoint.workflows.graph import instrument, state_of
 from zeropoint.workflows.static import restored_on_failure
@@ -47,8 +55,10 @@ def prepare_qat(
     config: QuantConfig | str | None = None,
     example_inputs: Any = None,
     inplace: bool = False,
+    concrete_args: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """A copy of ``model`` ready for QAT (training mode). ``config``: a QuantConfig, a preset
+    """A copy of ``model`` ready for QAT (training mode). ``concrete_args``: forward's Python
+    arguments to capture the graph with (default: their default values). ``config``: a QuantConfig, a preset
     name ("w4a4_qat") or None (w4a4_qat()). ``example_inputs`` (a batch, or a tuple of
     arguments) initialises the quantizers — LSQ/LSQ+ scales from data, and the sign of every
     learnable activation quantizer — before you build the optimizer; without it they initialise
@@ -57,37 +67,43 @@ def prepare_qat(
         raise TypeError(f"prepare_qat needs an nn.Module, got {type(model).__name__}")
     config = resolve_config(config, "qat")
     with restored_on_failure(model, inplace):
-        return _prepare_qat(model, config, example_inputs, inplace)
+        return _prepare_qat(model, config, example_inputs, inplace, concrete_args)
 
 
 def _prepare_qat(
-    model: nn.Module, config: QuantConfig, example_inputs: Any, inplace: bool
+    model: nn.Module,
+    config: QuantConfig,
+    example_inputs: Any,
+    inplace: bool,
+    concrete_args: dict[str, Any] | None = None,
 ) -> nn.Module:
     was_training = model.training
     model.eval()  # trace and fold in inference form first; training resumes below
     sizes = {name: _out_channels(m) for name, m in model.named_modules()}
 
     def weight_quant(scheme: Scheme, name: str) -> nn.Module:
+        gen = config.generator_for(f"{name}.weight")
         if config.learnable is None:
-            return FakeQuant(scheme, config.weight_observer, mode="track")
+            return FakeQuant(scheme, config.weight_observer, mode="track", generator=gen)
         channels = sizes.get(name, 1) if scheme.axis is not None else 1
-        return LSQ(scheme, channels, signed=scheme.signed, weight=True)
+        return LSQ(scheme, channels, signed=scheme.signed, weight=True, generator=gen)
 
     def act_quant(scheme: Scheme, name: str) -> nn.Module:
-        kind = config.learnable
+        kind, gen = config.learnable, config.generator_for(name)
         if kind is None:
             obs = config.activation_observer
-            return FakeQuant(scheme, obs, config.observer_options, mode="learn")
+            return FakeQuant(scheme, obs, config.observer_options, mode="learn", generator=gen)
         if kind == "pact":
-            return PACT(scheme)
+            return PACT(scheme, generator=gen)
         if kind == "lsq+":
-            return LSQPlus(scheme)
-        return LSQ(scheme)
+            return LSQPlus(scheme, generator=gen)
+        return LSQ(scheme, generator=gen)
 
     try:
         model_q = instrument(
-            model, config, "qat", weight_quant, act_quant, batchnorm="qat", inplace=inplace
-        )
+            model, config, "qat", weight_quant, act_quant, batchnorm="qat", inplace=inplace,
+            concrete_args=concrete_args,
+        )  # fmt: skip
     finally:
         if not inplace:
             model.train(was_training)
@@ -141,7 +157,8 @@ def freeze_bn(model: nn.Module) -> nn.Module:
 
 def finalize_qat(model: nn.Module) -> nn.Module:
     """Fold QAT conv+bn pairs with their running statistics and replace learnable quantizers by
-    frozen `FakeQuant`s with the same (S, Z) (called by `zp.convert`)."""
+    frozen `FakeQuant`s with the same (S, Z), every quantizer rounding to nearest (called by
+    `zp.convert`)."""
     state = state_of(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantConvBn2d):
@@ -151,9 +168,12 @@ def finalize_qat(model: nn.Module) -> nn.Module:
             if isinstance(module, FakeQuant):
                 if module.mode == "learn":  # keeps the range its observer holds now
                     module.mode = "quantize"
+                module.to_nearest()
                 continue
-            frozen = FakeQuant(module.scheme, mode="quantize", generator=module.generator)
-            frozen.set_qparams(module.qparams())
+            qp = module.qparams()
+            scheme = nearest(qp.scheme)
+            frozen = FakeQuant(scheme, mode="quantize")
+            frozen.set_qparams(QParams(qp.scale, qp.zero_point, scheme, qp.axis))
             model.set_submodule(name, frozen)
     state.workflow = "qat"
     return model

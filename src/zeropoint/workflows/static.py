@@ -77,14 +77,19 @@ def restored_on_failure(model: nn.Module, inplace: bool) -> Iterator[None]:
 
 
 def prepare(
-    model: nn.Module, config: QuantConfig | str | None = None, inplace: bool = False
+    model: nn.Module,
+    config: QuantConfig | str | None = None,
+    inplace: bool = False,
+    concrete_args: dict[str, Any] | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with layers swapped and activation observers in place (observe mode).
     The model must be in eval mode: calibration uses the inference behaviour (BN running stats).
-    ``config``: a QuantConfig, a preset name ("int8_static") or None (int8_static())."""
+    ``config``: a QuantConfig, a preset name ("int8_static") or None (int8_static()).
+    ``concrete_args``: forward's Python arguments to capture the graph with (default: their
+    default values; see `zeropoint.workflows.capture`)."""
     cfg = _check_static(model, config)
     with restored_on_failure(model, inplace):
-        return _prepare(model, cfg, inplace)
+        return _prepare(model, cfg, inplace, concrete_args)
 
 
 def _check_static(model: nn.Module, config: QuantConfig | str | None) -> QuantConfig:
@@ -100,7 +105,9 @@ def _check_static(model: nn.Module, config: QuantConfig | str | None) -> QuantCo
     return cfg
 
 
-def _prepare(model: nn.Module, cfg: QuantConfig, inplace: bool) -> nn.Module:
+def _prepare(
+    model: nn.Module, cfg: QuantConfig, inplace: bool, concrete_args: dict[str, Any] | None = None
+) -> nn.Module:
     def weight_quant(scheme: Scheme, name: str) -> nn.Module:
         # "track": (S, Z) from the weight itself, so calibration sees the quantized weights
         return FakeQuant(scheme, cfg.weight_observer, mode="track")
@@ -108,7 +115,9 @@ def _prepare(model: nn.Module, cfg: QuantConfig, inplace: bool) -> nn.Module:
     def act_quant(scheme: Scheme, name: str) -> nn.Module:
         return FakeQuant(scheme, cfg.activation_observer, cfg.observer_options, mode="observe")
 
-    return instrument(model, cfg, "static", weight_quant, act_quant, inplace=inplace)
+    return instrument(
+        model, cfg, "static", weight_quant, act_quant, inplace=inplace, concrete_args=concrete_args
+    )
 
 
 def activation_quantizers(model: nn.Module) -> list[FakeQuant]:
@@ -223,13 +232,20 @@ def quantize_static(
     config: QuantConfig | str | None = None,
     inplace: bool = False,
     progress: bool = True,
+    concrete_args: dict[str, Any] | None = None,
 ) -> nn.Module:
     """prepare → calibrate on ``calib_data`` (any iterable of batches: tensors, (x, y) pairs,
     or mappings of keyword arguments) → convert. ``config``: a QuantConfig, a preset name or
     None (int8_static()). With ``inplace=True`` a failure at any step (a loader that raises,
-    say) restores ``model`` before the error propagates."""
+    say) restores ``model`` before the error propagates. ``concrete_args``: as in `prepare`;
+    by default the non-tensor keyword arguments of the first calibration batch (a mapping, in
+    a list or tuple of batches) are taken as constants."""
     cfg = _check_static(model, config)
+    if concrete_args is None and isinstance(calib_data, list | tuple) and calib_data:
+        first = calib_data[0]
+        if isinstance(first, Mapping):
+            concrete_args = {k: v for k, v in first.items() if not isinstance(v, Tensor)}
     with restored_on_failure(model, inplace):
-        prepared = _prepare(model, cfg, inplace)
+        prepared = _prepare(model, cfg, inplace, concrete_args)
         calibrate_model(prepared, calib_data, progress=progress)
         return convert(prepared)
