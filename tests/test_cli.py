@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,33 @@ def test_console_script_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 2
     assert run.stderr.strip().count("\n") == 0 and "unknown config 'nope'" in run.stderr
+
+
+def test_formats_lists_each_format_with_its_closed_form_range(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`zeropoint formats` end to end: the rows against the formats' closed forms
+    (IEEE-style e/m fields: max = (2 − 2^−m)·2^e_max, or (1 + 6/8)·2^8 for e4m3fn, whose top
+    mantissa pattern is NaN; min normal 2^(1 − bias); min subnormal 2^(1 − bias − m))."""
+    assert main(["formats"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    head = lines[0].split()
+    rows = {ln.split()[0]: dict(zip(head, ln.split(), strict=True)) for ln in lines[2:]}
+    expected = {
+        "int8": (-128, 127, None, None),
+        "uint4": (0, 15, None, None),
+        "fp16": (-65504.0, (2 - 2**-10) * 2**15, 2.0**-14, 2.0**-24),
+        "fp8_e4m3fn": (-448.0, (1 + 6 / 8) * 2**8, 2.0**-6, 2.0**-9),
+        "fp8_e5m2": (-57344.0, (2 - 2**-2) * 2**15, 2.0**-14, 2.0**-16),
+        "fp4_e2m1": (-6.0, (2 - 2**-1) * 2**2, 1.0, 0.5),
+    }
+    for name, (lo, hi, normal, subnormal) in expected.items():
+        row = rows[name]
+        # printed with 7 significant digits: equal to 1e-6 relative
+        assert float(row["min"]) == pytest.approx(lo, rel=1e-6), name
+        assert float(row["max"]) == pytest.approx(hi, rel=1e-6), name
+        if normal is not None:
+            assert float(row["min_normal"]) == pytest.approx(normal, rel=1e-6), name
+            assert float(row["min_subnormal"]) == pytest.approx(subnormal, rel=1e-6), name
+    # dynamic range of an integer grid: 20·log10(levels − 1) dB (printed to 2 decimals)
+    assert float(rows["int8"]["dynamic_range_db"]) == pytest.approx(20 * math.log10(255), abs=5e-3)
