@@ -2,7 +2,8 @@
 
 (a) all-MiniLM-L6-v2 (22.7M parameters): zeropoint dynamic int8 and int4 weight-only, against
     fp32, torch.ao's dynamic int8 and ONNX Runtime's dynamic and static quantizers; then the
-    weight-only algorithms (round to nearest, GPTQ, AWQ, HQQ at 4 and 3 bits) beside ONNX
+    weight-only algorithms (round to nearest, GPTQ, AWQ, HQQ at 4 bits; 3 bits in
+    `python -m demo.minilm_weight_only_report`) beside ONNX
     Runtime's MatMulNBits quantizers.
 (b) the digits CNN (trained here, seeded): zeropoint static int8 — simulation, integer engine and
     QDQ export run by ONNX Runtime — and W2A2/W3A3 QAT, against torch.ao's and ONNX Runtime's
@@ -42,6 +43,8 @@ from zeropoint.report.files import atomic_write_text, check_writable_dir
 from zeropoint.report.html import CurvePoint, ReportData, write_html
 from zeropoint.report.tables import format_table
 
+LATENCY_SENTENCES = 128  # MiniLM latency: four batches of 32 (quality: every sentence)
+MOBILENET_VIEWS = 128  # MobileNetV2 evaluation views of the model-level rows and the consistency
 UNITS = {"all-MiniLM-L6-v2": ("mean cosine to fp32", "cos"), "digits CNN": ("accuracy %", "% acc"),
          "MobileNetV2": ("top-1 agreement with fp32 %", "% top-1 agr")}  # fmt: skip
 
@@ -120,11 +123,11 @@ def run(out_dir: Path, quick: bool = False) -> int:
     with captured_warnings() as caught:
         t = time.perf_counter()
         print("(a) all-MiniLM-L6-v2: dynamic int8 and int4 weight-only ...", flush=True)
-        rows = minilm_report.run(work, quick)
+        rows = minilm_report.run(work, quick, latency_sentences=LATENCY_SENTENCES)
         t = _section("MiniLM", timings, t)
         print("(a') all-MiniLM-L6-v2: weight-only RTN, GPTQ, AWQ, HQQ against ORT MatMulNBits ...",
               flush=True)  # fmt: skip
-        weight_only = minilm_weight_only_report.minilm_weight_only_rows(work, quick)
+        weight_only = minilm_weight_only_report.minilm_weight_only_rows(work, quick, widths=(4,))
         t = _section("MiniLM weight-only", timings, t)
         print(
             "(b) digits CNN: static int8 (simulation, integer engine, ONNX Runtime) and QAT ...",
@@ -138,7 +141,9 @@ def run(out_dir: Path, quick: bool = False) -> int:
             "Runtime — against torch.ao and ONNX Runtime ...",
             flush=True,
         )
-        mobilenet_rows, consistency, model_q = mobilenet_report.run(work, quick)
+        mobilenet_rows, consistency, model_q = mobilenet_report.run(
+            work, quick, n_views=MOBILENET_VIEWS
+        )
         rows += mobilenet_rows
         t = _section("MobileNetV2", timings, t)
         print("(d) MobileNetV2: per-layer analysis and mixed precision ...", flush=True)
@@ -149,7 +154,7 @@ def run(out_dir: Path, quick: bool = False) -> int:
     table = _display(rows, fp32)
     digits = {"size KB": 1, "latency ms": 2, "speed vs fp32": 2}
     text = format_table(table, digits=digits)
-    wo_fp32 = {"all-MiniLM-L6-v2": next(r for r in rows if r.model == "all-MiniLM-L6-v2")}
+    wo_fp32 = {"all-MiniLM-L6-v2": weight_only[0]}  # its own fp32 row, same batch
     wo_text = format_table(_display(weight_only, wo_fp32), digits=digits)
     obs_table = format_table(
         [{"observer": k, "W8A8 accuracy %": v} for k, v in observers.items()],
@@ -160,7 +165,8 @@ def run(out_dir: Path, quick: bool = False) -> int:
                                                   "top-1 agreement %": 1, "mean KL": 4})  # fmt: skip
     print()
     print(
-        "MiniLM latency: encode all sentences at batch 32; digits latency: a batch of 64 images;"
+        f"MiniLM latency: encode {LATENCY_SENTENCES} sentences at batch 32 (quality: all of them);"
+        " digits latency: a batch of 64 images;"
         " MobileNetV2: a batch of 32 views. MobileNetV2 quality: top-1 agreement with fp32."
     )
     print("size: bytes on disk of the saved model (safetensors, ONNX or torch state dict).")
@@ -251,7 +257,7 @@ def _html_report(rows: list[Row], table: list[dict[str, object]], weight_only: l
     curve: dict[str, list[CurvePoint]] = {}
     for name, pts in mixed.curve().items():
         curve[name] = [CurvePoint(x, y, label) for x, y, label in pts]
-    wo_fp32 = {"all-MiniLM-L6-v2": next(r for r in rows if r.model == "all-MiniLM-L6-v2")}
+    wo_fp32 = {"all-MiniLM-L6-v2": weight_only[0]}  # its own fp32 row, same batch
     return ReportData(
         title="zeropoint main job",
         subtitle=f"{machine} — {time.strftime('%Y-%m-%d %H:%M')} — {elapsed:.0f} s",
@@ -262,7 +268,8 @@ def _html_report(rows: list[Row], table: list[dict[str, object]], weight_only: l
         ],
         summary=table,
         summary_notes=[
-            "MiniLM latency: encode all sentences at batch 32; digits: a batch of 64 images; "
+            f"MiniLM latency: encode {LATENCY_SENTENCES} sentences at batch 32 (quality: all "
+            "of them); digits: a batch of 64 images; "
             "MobileNetV2: a batch of 32 views. MobileNetV2 quality: top-1 agreement with fp32 on "
             "views of the scikit-image photos (no ImageNet here). Size: bytes on disk of the "
             "saved model (safetensors, ONNX or torch state dict).",

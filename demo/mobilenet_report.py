@@ -44,11 +44,13 @@ def _row(method: str, bits: str, size: int | None, latency: float | None, logits
     )
 
 
-def run(work: Path, quick: bool = False) -> tuple[list[Row], ConsistencyReport, torch.nn.Module]:
-    """The MobileNetV2 rows, the three-way consistency of zeropoint's W8A8 model, and that
-    model."""
+def run(
+    work: Path, quick: bool = False, n_views: int = 256
+) -> tuple[list[Row], ConsistencyReport, torch.nn.Module]:
+    """The MobileNetV2 rows, the three-way consistency of zeropoint's W8A8 model on ``n_views``
+    evaluation views, and that model."""
     model = load_mobilenet_v2().eval()
-    views = evaluation_views(64 if quick else 256).images
+    views = evaluation_views(64 if quick else n_views).images
     calib = calibration_views(32 if quick else 64).images
     batches = [calib[i : i + 16] for i in range(0, len(calib), 16)]
     fp32 = _logits(model, views)
