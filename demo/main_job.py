@@ -13,8 +13,9 @@
 (d) MobileNetV2: why W8A8 loses what it loses (`zp.analyze`) and the size-vs-agreement curve of
     uniform round-to-nearest against mixed precision (`zp.mixed_precision`).
 
-Writes ``report.html`` (self-contained: tables, charts, the per-layer analysis), ``report.md``
-and ``report.json`` under the output directory. Other libraries' warnings are captured, counted
+Writes ``report.html`` (self-contained: tables, charts, the per-layer analysis), ``report.md``,
+``report.json`` and ``report_data.json`` (what the HTML shows: ``ReportData.from_json`` and
+``write_html`` re-render it) under the output directory. Other libraries' warnings are captured, counted
 and listed once at the end (and in the report); the output shows only the job's own lines.
 """
 
@@ -219,6 +220,7 @@ def run(out_dir: Path, quick: bool = False) -> int:
                                  _dominance_line(mixed)]) + "\n```\n"  # fmt: skip
     atomic_write_text(out / "report.md", md)
     write_html(out / "report.html", report)
+    atomic_write_text(out / "report_data.json", report.to_json())  # to re-render later
     return 0
 
 
