@@ -1,10 +1,10 @@
 """The main job (`make demo`): quantize real models and report, the peers measured in the same run.
 
 (a) all-MiniLM-L6-v2 (22.7M parameters): zeropoint dynamic int8 and int4 weight-only, against
-    fp32, torch.ao's dynamic int8 and ONNX Runtime's dynamic and static quantizers; then the
-    weight-only algorithms (round to nearest, GPTQ, AWQ, HQQ at 4 bits; 3 bits in
-    `python -m demo.minilm_weight_only_report`) beside ONNX
-    Runtime's MatMulNBits quantizers.
+    fp32, torch.ao's dynamic int8 and ONNX Runtime's dynamic and static quantizers; with
+    ``--weight-only`` (long: GPTQ, AWQ and HQQ calibrate on MiniLM) the weight-only algorithms
+    (round to nearest, GPTQ, AWQ, HQQ at 4 bits; 3 bits in
+    `python -m demo.minilm_weight_only_report`) beside ONNX Runtime's MatMulNBits quantizers.
 (b) the digits CNN (trained here, seeded): zeropoint static int8 — simulation, integer engine and
     QDQ export run by ONNX Runtime — and W2A2/W3A3 QAT, against torch.ao's and ONNX Runtime's
     static int8 and round-to-nearest.
@@ -44,6 +44,7 @@ from zeropoint.report.files import atomic_write_text, check_writable_dir
 from zeropoint.report.html import CurvePoint, ReportData, write_html
 from zeropoint.report.tables import format_table
 
+MINILM = "all-MiniLM-L6-v2"
 LATENCY_SENTENCES = 128  # MiniLM latency: four batches of 32 (quality: every sentence)
 MOBILENET_VIEWS = 128  # MobileNetV2 evaluation views of the model-level rows and the consistency
 UNITS = {"all-MiniLM-L6-v2": ("mean cosine to fp32", "cos"), "digits CNN": ("accuracy %", "% acc"),
@@ -113,7 +114,7 @@ def _section(label: str, timings: dict[str, float], start: float) -> float:
     return now
 
 
-def run(out_dir: Path, quick: bool = False) -> int:
+def run(out_dir: Path, quick: bool = False, weight_only_rows: bool = False) -> int:
     start = time.perf_counter()
     out = check_writable_dir(out_dir)
     work = check_writable_dir(out / "artifacts")
@@ -126,10 +127,13 @@ def run(out_dir: Path, quick: bool = False) -> int:
         print("(a) all-MiniLM-L6-v2: dynamic int8 and int4 weight-only ...", flush=True)
         rows = minilm_report.run(work, quick, latency_sentences=LATENCY_SENTENCES)
         t = _section("MiniLM", timings, t)
-        print("(a') all-MiniLM-L6-v2: weight-only RTN, GPTQ, AWQ, HQQ against ORT MatMulNBits ...",
-              flush=True)  # fmt: skip
-        weight_only = minilm_weight_only_report.minilm_weight_only_rows(work, quick, widths=(4,))
-        t = _section("MiniLM weight-only", timings, t)
+        weight_only: list[Row] = []
+        if weight_only_rows:
+            print("(a') all-MiniLM-L6-v2: weight-only RTN, GPTQ, AWQ, HQQ against ORT "
+                  "MatMulNBits ...", flush=True)  # fmt: skip
+            weight_only = minilm_weight_only_report.minilm_weight_only_rows(work, quick,
+                                                                            widths=(4,))  # fmt: skip
+            t = _section("MiniLM weight-only", timings, t)
         print(
             "(b) digits CNN: static int8 (simulation, integer engine, ONNX Runtime) and QAT ...",
             flush=True,
@@ -155,8 +159,7 @@ def run(out_dir: Path, quick: bool = False) -> int:
     table = _display(rows, fp32)
     digits = {"size KB": 1, "latency ms": 2, "speed vs fp32": 2}
     text = format_table(table, digits=digits)
-    wo_fp32 = {"all-MiniLM-L6-v2": weight_only[0]}  # its own fp32 row, same batch
-    wo_text = format_table(_display(weight_only, wo_fp32), digits=digits)
+    wo_text = _weight_only_text(weight_only, digits)
     obs_table = format_table(
         [{"observer": k, "W8A8 accuracy %": v} for k, v in observers.items()],
         digits={"W8A8 accuracy %": 2},
@@ -172,8 +175,9 @@ def run(out_dir: Path, quick: bool = False) -> int:
     )
     print("size: bytes on disk of the saved model (safetensors, ONNX or torch state dict).")
     print(text)
-    print("\nall-MiniLM-L6-v2 weight-only (groups of 32), zeropoint against ONNX Runtime:")
-    print(wo_text)
+    if wo_text:
+        print("\nall-MiniLM-L6-v2 weight-only (groups of 32), zeropoint against ONNX Runtime:")
+        print(wo_text)
     print("\nzeropoint static int8 on the digits CNN, every calibration observer:")
     print(obs_table)
     print("\nMobileNetV2 W8A8, the three executions compared on the evaluation views:")
@@ -215,13 +219,19 @@ def run(out_dir: Path, quick: bool = False) -> int:
     report = _html_report(rows, table, weight_only, observers, mixed, curve_rows, caught.lines(),
                           machine, elapsed)  # fmt: skip
     atomic_write_text(out / "report.json", json.dumps(_clean(doc), indent=1))
-    md = "```\n" + "\n\n".join([text, wo_text, obs_table, consistency.summary(),
+    md = "```\n" + "\n\n".join([t for t in (text, wo_text) if t] + [obs_table, consistency.summary(),
                                  mixed.analysis.table(limit=12), curve_text,
                                  _dominance_line(mixed)]) + "\n```\n"  # fmt: skip
     atomic_write_text(out / "report.md", md)
     write_html(out / "report.html", report)
     atomic_write_text(out / "report_data.json", report.to_json())  # to re-render later
     return 0
+
+
+def _weight_only_text(weight_only: list[Row], digits: dict[str, int]) -> str:
+    if not weight_only:
+        return ""
+    return format_table(_display(weight_only, {MINILM: weight_only[0]}), digits=digits)
 
 
 def _curve_row(r: mobilenet_mixed.CurveRow) -> dict[str, Any]:
@@ -259,7 +269,11 @@ def _html_report(rows: list[Row], table: list[dict[str, object]], weight_only: l
     curve: dict[str, list[CurvePoint]] = {}
     for name, pts in mixed.curve().items():
         curve[name] = [CurvePoint(x, y, label) for x, y, label in pts]
-    wo_fp32 = {"all-MiniLM-L6-v2": weight_only[0]}  # its own fp32 row, same batch
+    tables = [("digits CNN: static int8 with every calibration observer",
+               [{"observer": k, "W8A8 accuracy %": v} for k, v in observers.items()])]  # fmt: skip
+    if weight_only:  # its own fp32 row first: the reference of its speed column (same batch)
+        tables.insert(0, ("all-MiniLM-L6-v2 weight-only, zeropoint against ONNX Runtime "
+                          "MatMulNBits", _display(weight_only, {MINILM: weight_only[0]})))  # fmt: skip
     return ReportData(
         title="zeropoint main job",
         subtitle=f"{machine} — {time.strftime('%Y-%m-%d %H:%M')} — {elapsed:.0f} s",
@@ -295,16 +309,7 @@ def _html_report(rows: list[Row], table: list[dict[str, object]], weight_only: l
             "below).",
             _dominance_line(mixed),
         ],
-        tables=[
-            (
-                "all-MiniLM-L6-v2 weight-only, zeropoint against ONNX Runtime MatMulNBits",
-                _display(weight_only, wo_fp32),
-            ),
-            (
-                "digits CNN: static int8 with every calibration observer",
-                [{"observer": k, "W8A8 accuracy %": v} for k, v in observers.items()],
-            ),
-        ],
+        tables=tables,
         warnings=warnings,
     )
 
