@@ -96,13 +96,23 @@ def _display(rows: list[Row], fp32: dict[str, Row]) -> list[dict[str, object]]:
 
 
 def _quiet_third_parties() -> None:
-    """Progress bars of other libraries (transformers' "Loading weights") stay off."""
+    """Progress bars of other libraries (transformers' "Loading weights") stay off; ONNX
+    Runtime's own log shows errors only."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+    try:
+        import onnxruntime
+
+        # ONNX Runtime logs from C++ straight to the terminal, past Python's warnings (e.g. 70
+        # lines of "Removing initializer ... It is not used by any node" for the peers'
+        # MobileNetV2 graphs): errors only
+        onnxruntime.set_default_logger_severity(3)
     except ImportError:
         pass
 
