@@ -36,11 +36,11 @@ def _logits(fn: Any, views: Tensor, batch: int = 32) -> Tensor:
 
 def _row(method: str, bits: str, size: int | None, latency: float | None, logits: Tensor,
          fp32: Tensor, note: str = "") -> Row:  # fmt: skip
-    r = agreement_report(logits, fp32)
-    detail = (f"top-5 {100 * r['top5']:.1f}%, confident top-1 {100 * r['confident_top1']:.1f}% "
+    r = agreement_report(logits, fp32)  # agreements in percent already
+    detail = (f"top-5 {r['top5']:.1f}%, confident top-1 {r['confident_top1']:.1f}% "
               f"(n={int(r['n_confident'])}), KL {r['kl']:.3f}")  # fmt: skip
     return Row(
-        MODEL, method, bits, size, latency, 100 * r["top1"], f"{detail}; {note}" if note else detail
+        MODEL, method, bits, size, latency, r["top1"], f"{detail}; {note}" if note else detail
     )
 
 
