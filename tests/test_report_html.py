@@ -4,6 +4,7 @@ is not blank and no script error (a page with an error is shown to be caught).""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -186,3 +187,21 @@ def test_captured_warnings_are_counted_once_and_ours_shown(
     assert "divide by zero" not in err and "pre-processing" not in err
     # ours go to the warnings machinery as usual (pytest records them), once per place
     assert [str(w.message) for w in recwarn].count("a warning of ours") == 1
+
+
+def test_scatter_axis_labels_do_not_overlap() -> None:
+    """A log size axis from 3.7k to 14k has ticks 4000 ... 9000, 1e+04 crowding at the top of
+    the decade (the main job's MobileNetV2 chart drew "90001e+04"): the labels drawn keep apart
+    by their widths (~6.8 px a character at font size 11) and 6 px."""
+    from zeropoint.report import svg
+
+    pts = [svg.Point(x, 50.0, str(i), number=i + 1) for i, x in enumerate((3737, 3813, 13853))]
+    root = ET.fromstring(svg.scatter(pts, "size on disk (KB)", "top-1 %"))
+    ns = "{http://www.w3.org/2000/svg}"
+    labels = [(float(t.get("x", 0)), t.text or "") for t in root.iter(f"{ns}text")
+              if t.get("text-anchor") == "middle" and t.text and t.text[0].isdigit()
+              and "rotate" not in (t.get("transform") or "")]  # fmt: skip
+    axis = sorted({lbl for lbl in labels if lbl[1] not in {p.label for p in pts}})
+    assert len(axis) >= 2
+    for (x0, a), (x1, b) in itertools.pairwise(axis):
+        assert x1 - x0 >= 3.4 * (len(a) + len(b)) + 6, (a, b)  # half widths and a 6 px gap

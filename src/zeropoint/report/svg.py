@@ -96,10 +96,15 @@ class _Axes:
         out = [f"<rect x='{self.left}' y='{self.top}' width='{self.w - self.left - self.right}' "
                f"height='{self.h - self.top - self.bottom}' fill='#fff' stroke='#bbb'/>"]  # fmt: skip
         xs = [10**t if self.log_x else t for t in (self.x0, self.x1)]
+        last: tuple[float, float] | None = None  # (x, half width) of the last label drawn
         for t in _ticks(min(xs), max(xs), self.log_x):
             if not self.x0 <= self._tx(t) <= self.x1:
                 continue
             x = self.px(t)
+            half = 3.4 * len(_fmt(t))  # ~6.8 px per character at font size 11
+            if last is not None and x - last[0] < last[1] + half + 6:
+                continue  # log ticks crowd at the top of a decade: labels must not overlap
+            last = (x, half)
             out.append(f"<line x1='{x:.1f}' y1='{self.top}' x2='{x:.1f}' "
                        f"y2='{self.h - self.bottom}' stroke='#eee'/>")  # fmt: skip
             out.append(f"<text x='{x:.1f}' y='{self.h - self.bottom + 14}' font-size='11' "
