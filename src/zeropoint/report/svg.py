@@ -214,6 +214,9 @@ def hbars(labels: Sequence[str], series: Mapping[str, Sequence[float | None]], x
                     f"{escape(_fmt(t))}</text>")  # fmt: skip
     for i, lbl in enumerate(labels):
         y0 = 24 + i * row * k
+        if k > 1:  # several series: a rule between labels shows which bars are whose
+            body.append(f"<line x1='8' y1='{y0:.1f}' x2='{width - right}' y2='{y0:.1f}' "
+                        "stroke='#ccc'/>")  # fmt: skip
         body.append(f"<text x='{left - 6}' y='{y0 + row * k / 2 + 4:.1f}' font-size='11' "
                     f"text-anchor='end' {FONT}>{escape(lbl)}</text>")  # fmt: skip
         for j, (name, vals) in enumerate(series.items()):
