@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo test lint typecheck unit bench clean chromium
 
 setup: $(STAMP)
 
@@ -26,7 +26,21 @@ $(STAMP): pyproject.toml
 	-$(BIN)/python -m zeropoint.kernels.build
 	# the repository root (demo/: main job, model zoo, peers) is importable in this venv only
 	$(BIN)/python -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'zeropoint-repo.pth').write_text('$(CURDIR)\\n')"
+	-$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
+
+# headless Chromium for the HTML report's browser test (Debian's package). Installed only where
+# it is missing and this runs as root with apt-get; otherwise that test is skipped with its reason.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+	  echo "chromium: $$(command -v chromium || command -v chromium-browser)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends chromium) >/dev/null 2>&1 \
+	  && echo "chromium installed" || echo "chromium could not be installed: the browser test will be skipped"; \
+	else \
+	  echo "chromium not installed (needs root and apt-get): the browser test will be skipped"; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/python -m demo

@@ -59,8 +59,11 @@ def _quality(ref: torch.Tensor, emb: torch.Tensor) -> tuple[float, float, float]
     return mean, worst, nearest_neighbour_agreement(ref, emb)
 
 
-def minilm_weight_only_rows(work: Path, quick: bool = False, group: int = 32) -> list[Row]:
-    """The MiniLM weight-only table (module docstring). ``quick``: 4 bits, 96 sentences."""
+def minilm_weight_only_rows(
+    work: Path, quick: bool = False, group: int = 32, widths: tuple[int, ...] = (4, 3)
+) -> list[Row]:
+    """The MiniLM weight-only table (module docstring) at the weight ``widths``. ``quick``: 4
+    bits, 96 sentences."""
     sentences = list(SENTENCES[:96] if quick else SENTENCES)
     model = load_minilm()
     ref = model.encode(sentences, batch_size=32, convert_to_tensor=True)
@@ -71,7 +74,7 @@ def minilm_weight_only_rows(work: Path, quick: bool = False, group: int = 32) ->
     def torch_encoder(m: Any) -> Callable[[list[str]], Any]:
         return lambda s: m.encode(s, batch_size=32, convert_to_tensor=True)
 
-    for bits in (4,) if quick else (4, 3):
+    for bits in (4,) if quick else widths:
         algos: dict[str, Callable[[], nn.Module]] = {
             "round to nearest": lambda b=bits: zp.quantize_dynamic(model, _config(b, group)),
             "GPTQ + AWQ scales": lambda b=bits: gptq_quantize(
@@ -83,8 +86,9 @@ def minilm_weight_only_rows(work: Path, quick: bool = False, group: int = 32) ->
         for name, make in algos.items():
             q = make()
             size = peers.file_size(zp.save(q, work / f"minilm_{name.split()[0].lower()}_{bits}"))
+            # the width is part of the label: labels key the latency table below
             entries.append(
-                (f"zeropoint {name} (g{group})", f"{bits}/32", size, torch_encoder(q), bits)
+                (f"zeropoint {name} W{bits} (g{group})", f"{bits}/32", size, torch_encoder(q), bits)
             )
     fp32_onnx = peers.export_minilm_onnx(model, work / "minilm_fp32.onnx")
     feeds = [
@@ -122,20 +126,25 @@ def minilm_weight_only_rows(work: Path, quick: bool = False, group: int = 32) ->
         encoder = peers.ort_minilm_encoder(path, model, threads=threads)
         entries.append(
             (
-                f"ONNX Runtime MatMulNBits {algo.upper()} (block {group})",
+                f"ONNX Runtime MatMulNBits {algo.upper()} W4 (block {group})",
                 "4/32",
                 peers.file_size(path),
                 encoder,
                 4,
             )
         )
+    labels = [e[0] for e in entries]
+    if len(set(labels)) != len(labels):  # each label keys its own latency
+        raise ValueError(f"duplicate row labels: {sorted(labels)}")
     contenders: dict[str, Callable[[], Any]] = {}
     fp32 = torch_encoder(model)
     for label, fn in [("fp32", fp32)] + [(e[0], e[3]) for e in entries]:
         contenders[label + " b1"] = lambda fn=fn: fn(one)
         contenders[label + " b32"] = lambda fn=fn: fn(batch)
     lat = interleaved_latency(contenders, repeats=2 if quick else 5, warmup=1)
-    rows = []
+    # the table's own fp32 row: its latency is the reference of the speed columns
+    rows = [Row(MINILM, "fp32 (PyTorch)", "32/32", peers.state_dict_size(model), lat["fp32 b32"],
+                1.0, "the reference (latency: a batch of 32 sentences)")]  # fmt: skip
     for label, bits_label, size, fn, _ in entries:
         mean, worst, nn_agree = _quality(ref, fn(sentences))
         r1 = lat["fp32 b1"] / lat[label + " b1"]

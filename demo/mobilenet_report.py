@@ -36,18 +36,21 @@ def _logits(fn: Any, views: Tensor, batch: int = 32) -> Tensor:
 
 def _row(method: str, bits: str, size: int | None, latency: float | None, logits: Tensor,
          fp32: Tensor, note: str = "") -> Row:  # fmt: skip
-    r = agreement_report(logits, fp32)
-    detail = (f"top-5 {100 * r['top5']:.1f}%, confident top-1 {100 * r['confident_top1']:.1f}% "
+    r = agreement_report(logits, fp32)  # agreements in percent already
+    detail = (f"top-5 {r['top5']:.1f}%, confident top-1 {r['confident_top1']:.1f}% "
               f"(n={int(r['n_confident'])}), KL {r['kl']:.3f}")  # fmt: skip
     return Row(
-        MODEL, method, bits, size, latency, 100 * r["top1"], f"{detail}; {note}" if note else detail
+        MODEL, method, bits, size, latency, r["top1"], f"{detail}; {note}" if note else detail
     )
 
 
-def run(work: Path, quick: bool = False) -> tuple[list[Row], ConsistencyReport]:
-    """The MobileNetV2 rows and the three-way consistency of zeropoint's W8A8 model."""
+def run(
+    work: Path, quick: bool = False, n_views: int = 256
+) -> tuple[list[Row], ConsistencyReport, torch.nn.Module]:
+    """The MobileNetV2 rows, the three-way consistency of zeropoint's W8A8 model on ``n_views``
+    evaluation views, and that model."""
     model = load_mobilenet_v2().eval()
-    views = evaluation_views(64 if quick else 256).images
+    views = evaluation_views(64 if quick else n_views).images
     calib = calibration_views(32 if quick else 64).images
     batches = [calib[i : i + 16] for i in range(0, len(calib), 16)]
     fp32 = _logits(model, views)
@@ -101,4 +104,4 @@ def run(work: Path, quick: bool = False) -> tuple[list[Row], ConsistencyReport]:
         _row("torch.ao static int8 (FX, x86)", "8/7", peers.state_dict_size(ao), lat["torch_ao"],
              _logits(ao, views), fp32, "7-bit activations (reduce_range)"),
     ]  # fmt: skip
-    return rows, report
+    return rows, report, model_q

@@ -184,6 +184,26 @@ def test_build_is_cached_by_source_and_torch_version() -> None:
     assert load() and torch.ops.zeropoint_wo.vector_isa() in (0, 2)
 
 
+@needs_kernels
+def test_tiled_kernel_runs_under_inference_mode_on_several_threads() -> None:
+    """sentence-transformers encodes under torch.inference_mode: the tiled kernel's worker
+    threads must write into the inference-mode output too (they do not inherit the mode)."""
+    assert load()
+    m = nn.Sequential(nn.Linear(128, 512)).eval()
+    q = zp.quantize_dynamic(m, zp.int4_weight_only(32))
+    x = torch.randn(kernels.KERNEL_ROWS + 40, 128, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            expected = q(x)
+        with torch.inference_mode():
+            got = q(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(got, expected)
+
+
 def test_tiled_kernel_runs_inside_and_outside_inference_mode() -> None:
     """sentence-transformers encodes under torch.inference_mode: the many-rows path must not
     update an inference tensor from a worker thread (it did: 'Inplace update to inference

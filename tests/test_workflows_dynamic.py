@@ -223,6 +223,9 @@ def test_calibrated_modes_follow_the_local_rule_then_the_budget() -> None:
     assert _mode(local[0]) > 0
     with pytest.raises(ValueError, match="empty"):
         quantize_dynamic(model, calib_data=[])
+    # sentences are not model inputs: the error shows the callable form
+    with pytest.raises(TypeError, match=r"calib_data=lambda m: m\.encode\(sentences\)"):
+        quantize_dynamic(model, calib_data=["a sentence", "another one"])
 
 
 def test_bad_configs_name_the_problem() -> None:

@@ -7,6 +7,7 @@ qt = zp.quantize(x, qp); xh = zp.dequantize(qt)    # r = S·(q − Z)
 """
 
 from zeropoint import distributed, formats, observers
+from zeropoint.analysis import ModelAnalysis, analyze
 from zeropoint.consistency import compare_executions
 from zeropoint.engine.program import IntegerProgram, to_integer
 from zeropoint.export.checkpoint import load, save
@@ -14,6 +15,7 @@ from zeropoint.export.onnx import export_onnx
 from zeropoint.export.onnx_weight_only import export_weight_only_onnx
 from zeropoint.fold import fold_bn
 from zeropoint.functional import dequantize, fake_quantize, quantize, quantize_int
+from zeropoint.mixed import Budget, MixedPrecisionResult, aciq_bits, aciq_levels, mixed_precision
 from zeropoint.nn.codebook_weights import WeightSpec, quantize_weights
 from zeropoint.nn.learned_codebook import prepare_codebook_qat
 from zeropoint.observers import calibrate
@@ -49,14 +51,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "Budget",
     "IntegerProgram",
     "LayerRule",
+    "MixedPrecisionResult",
+    "ModelAnalysis",
     "QParams",
     "QTensor",
     "QuantConfig",
     "Quantizer",
     "Scheme",
     "WeightSpec",
+    "aciq_bits",
+    "aciq_levels",
+    "analyze",
     "awq_quantize",
     "calibrate",
     "calibrate_model",
@@ -78,6 +86,7 @@ __all__ = [
     "int8_dynamic",
     "int8_static",
     "load",
+    "mixed_precision",
     "observers",
     "prepare",
     "prepare_codebook_qat",

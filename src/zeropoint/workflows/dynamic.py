@@ -192,6 +192,12 @@ def quantize_dynamic(
     reference: Tensor | None = None
     if calib_data is not None and not callable(calib_data):
         calib_data = list(calib_data)  # it may be run several times
+        if any(isinstance(item, str) for item in calib_data):
+            raise TypeError(
+                "calib_data holds strings, which the model cannot take as they are: pass a "
+                "function that runs the model on them, e.g. "
+                "calib_data=lambda m: m.encode(sentences) for a sentence-transformers encoder"
+            )
     if calib_data is not None and config.dynamic:
         hooks = []
         for name, module, _ in targets:
