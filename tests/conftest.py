@@ -37,3 +37,7 @@ def digits(request: pytest.FixtureRequest) -> tuple[DigitsCNN, DigitsData]:
         with atomic_path(path) as tmp:
             torch.save(model.state_dict(), tmp)
     return model, data
+
+
+# The model zoo's fixtures (zoo, mobilenet_v2, imagenet_eval_views, ...): tests/zoo_fixtures.py.
+pytest_plugins = ("tests.zoo_fixtures",)
