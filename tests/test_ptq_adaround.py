@@ -18,6 +18,7 @@ from zeropoint.ptq.adaround import (
     MIN_SAMPLES,
     ZETA,
     _Problem,
+    _SoftRounding,
     adaround,
     adaround_report,
     rectified_sigmoid,
@@ -47,6 +48,37 @@ def test_rectified_sigmoid_is_the_stretched_clipped_sigmoid() -> None:
     )
     h = torch.linspace(0.001, 0.999, 999, dtype=torch.float64)
     assert torch.allclose(rectified_sigmoid(rectified_sigmoid_inverse(h)), h, atol=1e-12)
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(-100.0, 100.0), (-4.0, 3.0)])
+@pytest.mark.parametrize("beta", [0.0, 3.7])
+def test_fused_soft_rounding_matches_autograd(lo: float, hi: float, beta: float) -> None:
+    """The hand-written forward/backward of W̃(V) and λΣ(1 − |2h − 1|^β) equal PyTorch's autograd
+    of the textbook formula (float64), also where the grid's ends clamp the weights (those are
+    fixed at the end and leave the regulariser)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    s = torch.rand(6, 1, generator=g, dtype=torch.float64) * 0.3 + 0.1
+    floor = torch.floor(w / s)
+    lo_t, hi_t = (
+        torch.full((6, 1), lo, dtype=torch.float64),
+        torch.full((6, 1), hi, dtype=torch.float64),
+    )
+    v = (torch.randn(6, 5, generator=g, dtype=torch.float64) * 2).requires_grad_(True)
+    upstream = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    wt, reg = _SoftRounding(floor, lo_t, hi_t, s)(v, beta, 0.01)
+    (wt * upstream).sum().add(reg).backward()
+    fused = v.grad.clone()
+    v.grad = None
+    h = rectified_sigmoid(v)
+    reference = torch.minimum(torch.maximum(floor + h, lo_t), hi_t) * s
+    movable = ((floor >= lo_t) & (floor <= hi_t - 1)).double()
+    ref_reg = (
+        0.01 * ((1 - (2 * h - 1).abs().pow(beta)) * movable).sum() if beta else torch.zeros(())
+    )
+    assert torch.allclose(wt, reference, atol=1e-15) and torch.allclose(reg, ref_reg, atol=1e-12)
+    (reference * upstream).sum().add(ref_reg).backward()
+    assert torch.allclose(fused, v.grad, atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -175,6 +207,8 @@ def test_too_few_samples_is_an_error_naming_the_minimum() -> None:
         adaround(model, torch.randn(20, 4), weight_only(4), num_samples=32)
     with pytest.raises(ValueError, match="beta"):
         adaround(model, torch.randn(64, 4), weight_only(4), beta=(2.0, 20.0))
+    with pytest.raises(ValueError, match="beta"):
+        adaround(model, torch.randn(64, 4), weight_only(4), beta=(20.0, 0.5))
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -105,11 +106,13 @@ def execution_order(model: nn.Module, x: Tensor, modules: dict[str, nn.Module]) 
 
 
 class GridTracker:
-    """Remembers the outputs of activation FakeQuants during a pass, so that a layer's input can
-    be recognised as lying on a known grid (same tensor object) and stored as integer codes."""
+    """Remembers the last outputs of activation FakeQuants during a pass, so that a layer's input
+    can be recognised as lying on a known grid (the same tensor object) and stored as integer
+    codes. Only the most recent ``keep`` outputs are held (a layer's input quantizer runs just
+    before it), so a long pass does not keep every activation alive."""
 
-    def __init__(self, quantizers: Iterable[FakeQuant]) -> None:
-        self.seen: dict[int, tuple[Tensor, QParams]] = {}
+    def __init__(self, quantizers: Iterable[FakeQuant], keep: int = 8) -> None:
+        self.seen: collections.deque[tuple[Tensor, QParams]] = collections.deque(maxlen=keep)
         self.handles = []
         for q in quantizers:
             self.handles.append(q.register_forward_hook(self._hook))
@@ -117,11 +120,13 @@ class GridTracker:
     def _hook(self, module: nn.Module, args: Any, output: Tensor) -> None:
         assert isinstance(module, FakeQuant)
         if module.mode == "quantize" and module.frozen and module.scale.dim() == 0:
-            self.seen[id(output)] = (output, module.qparams())
+            self.seen.append((output, module.qparams()))
 
     def grid_of(self, x: Tensor) -> QParams | None:
-        hit = self.seen.get(id(x))
-        return hit[1] if hit is not None and hit[0] is x else None
+        for tensor, qp in reversed(self.seen):
+            if tensor is x:
+                return qp
+        return None
 
     def clear(self) -> None:
         self.seen.clear()
