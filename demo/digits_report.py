@@ -13,6 +13,7 @@ import torch
 import zeropoint as zp
 from demo import peers
 from demo.zoo.digits import DigitsCNN, accuracy, load_digits_data, train
+from demo.zoo.seeding import seeded_init
 from zeropoint.engine import to_integer
 from zeropoint.nn.learnable import pact_regularizer
 from zeropoint.report.timing import interleaved_latency
@@ -40,9 +41,8 @@ def _dir_size(path: Path) -> int:
 
 def run(work: Path, quick: bool = False) -> tuple[list[Row], dict[str, float]]:
     """All digits rows (in display order) and the per-observer W8A8 accuracies."""
-    torch.manual_seed(0)
     data = load_digits_data(seed=0)
-    model = DigitsCNN()
+    model = seeded_init(DigitsCNN(), 0)
     train(model, data, epochs=8 if quick else 20, seed=0, progress="digits CNN: fp32 training")
     x_test, y_test = data.x_test, data.y_test
     calib = data.calibration_batches()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from demo import digits_report, minilm_report
+from demo import digits_report, minilm_report, mobilenet_report
 from demo.digits_report import Row
 from zeropoint.report.files import atomic_write_bytes, atomic_write_text, check_writable_dir
 from zeropoint.report.tables import format_table
@@ -50,6 +50,7 @@ def _display(rows: list[Row], fp32: dict[str, Row]) -> list[dict[str, object]]:
             None if r.latency_s is None or base.latency_s is None else base.latency_s / r.latency_s
         )
         is_acc = r.model != "all-MiniLM-L6-v2"
+        unit = "% top-1 agr" if r.model == "MobileNetV2" else "% acc"
         out.append(
             {
                 "model": r.model,
@@ -58,7 +59,7 @@ def _display(rows: list[Row], fp32: dict[str, Row]) -> list[dict[str, object]]:
                 "size KB": None if r.size_bytes is None else r.size_bytes / 1024,
                 "latency ms": None if r.latency_s is None else 1000 * r.latency_s,
                 "speed vs fp32": speed,
-                "quality": f"{r.quality:.2f}% acc" if is_acc else f"{r.quality:.4f} cos",
+                "quality": f"{r.quality:.2f}{unit}" if is_acc else f"{r.quality:.4f} cos",
                 "Δ vs fp32": f"{r.quality - base.quality:+.2f} pt"
                 if is_acc
                 else f"{r.quality - base.quality:+.4f}",
@@ -116,6 +117,13 @@ def run(out_dir: Path, quick: bool = False) -> int:
     )
     digit_rows, observers = digits_report.run(work, quick)
     rows += digit_rows
+    print(
+        "(c) MobileNetV2 (ImageNet weights): static W8A8 — simulation, integer engine, ONNX "
+        "Runtime — against torch.ao and ONNX Runtime ...",
+        flush=True,
+    )
+    mobilenet_rows, consistency = mobilenet_report.run(work, quick)
+    rows += mobilenet_rows
     fp32 = {r.model: r for r in rows if r.method == "fp32 (PyTorch)"}
     table = _display(rows, fp32)
     digits = {"size KB": 1, "latency ms": 2, "speed vs fp32": 2}
@@ -125,11 +133,16 @@ def run(out_dir: Path, quick: bool = False) -> int:
         digits={"W8A8 accuracy %": 2},
     )
     print()
-    print("MiniLM latency: encode all sentences at batch 32; digits latency: a batch of 64 images.")
+    print(
+        "MiniLM latency: encode all sentences at batch 32; digits latency: a batch of 64 images;"
+        " MobileNetV2: a batch of 32 views. MobileNetV2 quality: top-1 agreement with fp32."
+    )
     print("size: bytes on disk of the saved model (safetensors, ONNX or torch state dict).")
     print(text)
     print("\nzeropoint static int8 on the digits CNN, every calibration observer:")
     print(obs_table)
+    print("\nMobileNetV2 W8A8, the three executions compared on the evaluation views:")
+    print(consistency.summary())
     elapsed = time.perf_counter() - start
     print(f"\nfinished in {elapsed:.0f} s; report in {out}")
     doc = {
@@ -137,8 +150,13 @@ def run(out_dir: Path, quick: bool = False) -> int:
         "elapsed_s": elapsed,
         "rows": [r.as_dict() for r in rows],
         "digits_observers": observers,
+        "mobilenet_consistency": {
+            "outputs_identical": {k: v.share for k, v in consistency.outputs.items()},
+            "predictions_agree": consistency.predictions,
+        },
     }
     atomic_write_text(out / "report.json", json.dumps(doc, indent=1))
-    atomic_write_text(out / "report.md", "```\n" + text + "\n\n" + obs_table + "\n```\n")
+    md = "```\n" + text + "\n\n" + obs_table + "\n\n" + consistency.summary() + "\n```\n"
+    atomic_write_text(out / "report.md", md)
     _plot(rows, out / "report.png")
     return 0

@@ -10,6 +10,13 @@ agreement with fp32 on 256 views of the scikit-image photos, on the confident vi
 calibration on 64 views of other photos); ``python -m demo.ptq_report digits`` /
 ``resnet18`` the low-bit tables of the MNIST-trained networks (accuracy). ``--only`` selects
 recipes by a substring of their name; ``--json`` writes the rows.
+
+The MobileNetV2 protocol is importable for the peers' benchmark, so that it uses exactly the
+same model, views and metrics:
+
+    from demo.ptq_report import mobilenet_protocol, metrics, MOBILENET_KEYS
+    model, calib, eval_views, reference = mobilenet_protocol()
+    scores = metrics(outputs(quantized_model, eval_views), reference)
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +37,7 @@ from zeropoint.ptq.adaround import adaround
 from zeropoint.ptq.bias_correction import correct_bias
 from zeropoint.ptq.equalize import equalize
 from zeropoint.ptq.omse import omse
+from zeropoint.ptq.simulation import simulate
 
 Metric = Callable[[Tensor], dict[str, float]]
 Build = Callable[[nn.Module, Tensor], nn.Module]
@@ -88,7 +96,7 @@ def _batches(x: Tensor, size: int = 16) -> list[Tensor]:
 
 
 def static(cfg: zp.QuantConfig) -> Build:
-    return lambda m, x: zp.quantize_static(m, _batches(x), cfg, progress=False)
+    return lambda m, x: simulate(m, _batches(x), cfg, progress=False)
 
 
 def with_bias_correction(build: Build, float_reference: bool = True) -> Build:
@@ -270,21 +278,53 @@ def markdown(rows: Sequence[Row], keys: Sequence[str] | None = None) -> str:
 # --------------------------------------------------------------------------- the models
 
 
+#: The MobileNetV2 table's metric columns (``metrics`` returns these and a few counts).
+MOBILENET_KEYS = ("top1", "top5", "confident_top1", "confident_top5", "kl")
+
+
+class MobileNetProtocol(NamedTuple):
+    """Issue 9's MobileNetV2 protocol, the same for zeropoint and the peers (``bench/ptq.py``):
+    the float model (torchvision's architecture, real ImageNet weights, eval mode), the
+    calibration / reconstruction views (64 views of 8 photos), the evaluation views (256 views of
+    16 *other* photos; all (N, 3, 224, 224), ImageNet-normalised) and fp32's logits on the
+    evaluation views (the reference every metric compares against)."""
+
+    model: nn.Module
+    calib: Tensor
+    eval_views: Tensor
+    reference: Tensor
+
+
+def mobilenet_protocol(n_eval: int = 256, n_calib: int = 64) -> MobileNetProtocol:
+    """The model, calibration views, evaluation views and fp32 reference logits (deterministic:
+    the views are seeded; see ``demo.zoo.views``). Unpacks as
+    ``model, calib, eval_views, reference = mobilenet_protocol()``."""
+    from demo.zoo.mobilenet_v2 import load_mobilenet_v2
+    from demo.zoo.views import calibration_views, evaluation_views
+
+    model = load_mobilenet_v2().eval()
+    ev = evaluation_views(n_eval).images
+    cal = calibration_views(n_calib).images
+    return MobileNetProtocol(model, cal, ev, outputs(model, ev))
+
+
+def metrics(logits_q: Tensor, logits_fp: Tensor) -> dict[str, float]:
+    """Agreement of a quantized model's logits with fp32's on the same views: top-1 and top-5
+    agreement (percent), the same on the confident views alone (fp32 top-1 probability ≥ 0.5),
+    the number of confident views and of views, and the mean KL(softmax fp32 ‖ softmax q)."""
+    from demo.zoo.metrics import agreement_report
+
+    return agreement_report(logits_q, logits_fp)
+
+
 def mobilenet_v2_table(
     recipes: Sequence[Recipe] | None = None, n_eval: int = 256, n_calib: int = 64
 ) -> list[Row]:
     """Issue 9's table: MobileNetV2 (ImageNet weights) on scikit-image views."""
-    from demo.zoo.metrics import agreement_report
-    from demo.zoo.mobilenet_v2 import load_mobilenet_v2
-    from demo.zoo.views import calibration_views, evaluation_views
-
-    model = load_mobilenet_v2()
-    ev = evaluation_views(n_eval).images
-    cal = calibration_views(n_calib).images
-    reference = outputs(model, ev)
+    model, cal, ev, reference = mobilenet_protocol(n_eval, n_calib)
     if recipes is None:
         recipes = default_recipes(zeroq_options={"input_stats": (0.0, 1.0)})
-    return ptq_table(model, cal, ev, lambda out: agreement_report(out, reference), recipes)
+    return ptq_table(model, cal, ev, lambda out: metrics(out, reference), recipes)
 
 
 def zoo_table(
@@ -308,23 +348,38 @@ def zoo_table(
     )  # fmt: skip
 
 
+def label(r: Recipe) -> str:
+    """``method / weights / activations``: what ``--only`` matches."""
+    return f"{r.method} / {r.weights} / {r.activations}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=["mobilenet_v2", "digits", "resnet18"])
-    parser.add_argument("--only", default="", help="recipes whose method contains this text")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated terms: recipes whose 'method / weights / acts' label contains one",
+    )
+    parser.add_argument("--adaround-iterations", type=int, default=1000)
+    parser.add_argument("--adaround-batch-rows", type=int, default=512)
+    parser.add_argument("--zeroq-iterations", type=int, default=500)
     parser.add_argument("--json", default="", help="write the rows to this JSON file")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", default=None, help="directory caching trained zoo networks")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    ada = {"iterations": args.adaround_iterations, "batch_rows": args.adaround_batch_rows}
     if args.model == "mobilenet_v2":
-        recipes = default_recipes(zeroq_options={"input_stats": (0.0, 1.0)})
+        zq = {"input_stats": (0.0, 1.0), "iterations": args.zeroq_iterations}
+        recipes = default_recipes(adaround_options=ada, zeroq_options=zq)
     else:
-        recipes = low_bit_recipes()
-    recipes = [r for r in recipes if args.only.lower() in r.method.lower()]
+        recipes = low_bit_recipes(adaround_options=ada)
+    terms = [t.strip().lower() for t in args.only.split(",") if t.strip()]
+    recipes = [r for r in recipes if not terms or any(t in label(r).lower() for t in terms)]
     if args.model == "mobilenet_v2":
         rows = mobilenet_v2_table(recipes)
-        keys = ["top1", "top5", "confident_top1", "confident_top5", "kl"]
+        keys = list(MOBILENET_KEYS)
     else:
         rows = zoo_table(args.model, recipes, cache_dir=args.cache)
         keys = ["accuracy"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,13 +46,25 @@ def test_sqnr_of_uniform_data_is_6_02_db_per_bit(bits: int) -> None:
     assert sqnr_db(x, zp.fake_quantize(x, qp)) == pytest.approx(expected, abs=0.02)
 
 
-def test_uniform_quantizer_shares_the_quantizer_interface() -> None:
-    x = torch.randn(1000)
+def test_error_report_matches_a_numpy_reference() -> None:
+    # reference: the codes clip(rint(x / S) + Z) in numpy (float32 division, as ONNX), the
+    # reconstruction S·(q − Z) and the four metrics in float64 — nothing from zeropoint but S, Z
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 2
     u = UniformQuantizer.fit(x, zp.Scheme(bits=4), "mse")
-    assert isinstance(u, Quantizer)
+    assert isinstance(u, Quantizer) and u.bits == 4
+    s, z = float(u.qparams.scale), int(u.qparams.zero_point)
+    xn = x.numpy()
+    codes = np.clip(np.rint(xn / np.float32(s)) + z, -8, 7)
+    x_hat = ((codes - z) * np.float32(s)).astype(np.float32).astype(np.float64)
+    xd = xn.astype(np.float64)
+    err = x_hat - xd
     r = error_report(x, u)
-    assert r.bits == 4 and r.mse == pytest.approx(mse(x, u.decode(u.encode(x))))
-    assert error_report(x, u.qparams).mse == r.mse
+    assert r.mse == pytest.approx(np.mean(err**2), rel=1e-12)
+    assert r.sqnr_db == pytest.approx(10 * np.log10(np.sum(xd**2) / np.sum(err**2)), rel=1e-12)
+    assert r.max_abs == pytest.approx(np.abs(err).max(), rel=1e-12)
+    cos = np.dot(xd, x_hat) / (np.linalg.norm(xd) * np.linalg.norm(x_hat))
+    assert r.cosine == pytest.approx(cos, rel=1e-12)
+    assert error_report(x, u.qparams).as_dict() == {**r.as_dict(), "name": str(u.qparams.scheme)}
 
 
 def test_sweep_error_grows_as_bits_shrink() -> None:

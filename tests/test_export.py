@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -77,53 +76,4 @@ def test_unwritable_path_is_a_clear_error(quantized: nn.Module, tmp_path: Path) 
         zp.export_onnx(quantized, blocker / "sub" / "m.onnx", torch.zeros(1, 1, 8, 8))
 
 
-def test_checkpoint_round_trip_is_exact_and_small(
-    quantized: nn.Module, digits: tuple[DigitsCNN, DigitsData], tmp_path: Path
-) -> None:
-    model, data = digits
-    directory = zp.save(quantized, tmp_path / "ckpt")
-    assert sorted(p.name for p in directory.iterdir()) == ["encodings.json", "model.safetensors"]
-    restored = zp.load(directory, DigitsCNN())
-    x = data.x_test[:64]
-    with torch.no_grad():
-        assert torch.equal(restored(x), quantized(x))
-    fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
-    assert (directory / "model.safetensors").stat().st_size < 0.45 * fp32_bytes
-    doc = json.loads((directory / "encodings.json").read_text())
-    head = doc["weights"]["head.weight"]["encoding"]
-    assert head["scheme"]["bits"] == 8 and len(head["scale"]) == 10
-
-
-def test_int4_weights_are_stored_packed(
-    digits: tuple[DigitsCNN, DigitsData], tmp_path: Path
-) -> None:
-    model, data = digits
-    config = zp.QuantConfig(weight=zp.Scheme(bits=4, symmetric=True, axis=0))
-    q = zp.quantize_static(model, data.calibration_batches(), config, progress=False)
-    directory = zp.save(q, tmp_path / "int4")
-    from safetensors.torch import load_file
-
-    codes = load_file(str(directory / "model.safetensors"))["head.weight.codes"]
-    assert codes.dtype == torch.uint8 and codes.numel() == q.head.weight.numel() // 2
-    restored = zp.load(directory, DigitsCNN())
-    with torch.no_grad():
-        assert torch.equal(restored(data.x_test[:8]), q(data.x_test[:8]))
-
-
-def test_malformed_checkpoints_are_refused(quantized: nn.Module, tmp_path: Path) -> None:
-    directory = zp.save(quantized, tmp_path / "ckpt")
-    with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
-        zp.load(tmp_path / "missing", DigitsCNN())
-    (directory / "encodings.json").write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        zp.load(directory, DigitsCNN())
-    (directory / "encodings.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(ValueError, match="not a zeropoint checkpoint"):
-        zp.load(directory, DigitsCNN())
-    directory = zp.save(quantized, tmp_path / "ckpt2")
-    (directory / "model.safetensors").write_bytes(b"\x00" * 16)
-    with pytest.raises(ValueError, match="not a readable safetensors"):
-        zp.load(directory, DigitsCNN())
-    directory = zp.save(quantized, tmp_path / "ckpt3")
-    with pytest.raises(ValueError, match="shape"):
-        zp.load(directory, DigitsCNN(width=8))
+# checkpoint tests (round trip, int4 packing, malformed checkpoints) moved to tests/test_checkpoint.py

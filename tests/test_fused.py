@@ -1,7 +1,9 @@
 """zeropoint.fused: the compiled one-pass quantize / dequantize give exactly the eager codes.
 
 Reference: numpy float32 arithmetic, q = clip(rint(x / S) + Z) (IEEE division, round half to
-even), which is ONNX QuantizeLinear's definition, and ONNX's own reference evaluator.
+even), which is ONNX QuantizeLinear's definition, and ONNX's own reference evaluator. Tests of the
+compiled kernels skip where no C++ compiler is installed; the eager large-tensor path and the
+fallback are checked everywhere (every rounding mode and size: tests/test_quantizer_paths.py).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_functional import _onnx_quantize
 
 import zeropoint as zp
+from tests.test_functional import _onnx_quantize
 from zeropoint import fused
 from zeropoint.functional import dequantize_int
 
@@ -44,6 +46,23 @@ def _numpy_codes(x: torch.Tensor, qp: zp.QParams) -> np.ndarray:
     return np.clip(q, qp.scheme.qmin, qp.scheme.qmax).astype(np.int64)
 
 
+@pytest.mark.parametrize(
+    "scheme", [zp.Scheme(bits=8, symmetric=True), zp.Scheme(bits=8, signed=False)]
+)
+def test_eager_large_path_equals_ieee_division_codes(scheme: zp.Scheme) -> None:
+    """Runs with or without a compiler: the chunked eager path on near-ties, where rounding
+    x·fl(1/S) (torch's way) would differ."""
+    gen = torch.Generator().manual_seed(3)
+    qp = zp.qparams_from_range(-3.1, 2.7, scheme)
+    x = _near_ties(float(qp.scale), N, gen)
+    expected = _numpy_codes(x, qp)
+    np.testing.assert_array_equal(zp.quantize_int(x, qp).to(torch.int64).numpy(), expected)
+    s = np.float32(float(qp.scale))
+    by_inverse = np.rint(x.numpy() * (np.float32(1) / s)).astype(np.float64) + int(qp.zero_point)
+    by_inverse = np.clip(by_inverse, qp.scheme.qmin, qp.scheme.qmax)
+    assert int((by_inverse != expected).sum()) > 1000
+
+
 @needs_compiler
 @pytest.mark.parametrize(
     "scheme", [zp.Scheme(bits=8, symmetric=True), zp.Scheme(bits=8, signed=False)]
@@ -52,17 +71,10 @@ def test_fused_quantize_equals_ieee_division_codes(scheme: zp.Scheme) -> None:
     gen = torch.Generator().manual_seed(3)
     qp = zp.qparams_from_range(-3.1, 2.7, scheme)
     x = _near_ties(float(qp.scale), N, gen)
-    expected = _numpy_codes(x, qp)
     got = zp.quantize_int(x, qp, fused=True)
     assert fused.available()
     assert got.dtype == scheme.format.storage_dtype
-    np.testing.assert_array_equal(got.to(torch.int64).numpy(), expected)
-    # the eager chunked path gives the same codes; rounding x·fl(1/S) (torch's way) would not
-    np.testing.assert_array_equal(zp.quantize_int(x, qp).to(torch.int64).numpy(), expected)
-    s = np.float32(float(qp.scale))
-    by_inverse = np.rint(x.numpy() * (np.float32(1) / s)).astype(np.float64) + int(qp.zero_point)
-    by_inverse = np.clip(by_inverse, qp.scheme.qmin, qp.scheme.qmax)
-    assert int((by_inverse != expected).sum()) > 1000
+    np.testing.assert_array_equal(got.to(torch.int64).numpy(), _numpy_codes(x, qp))
 
 
 @needs_compiler
@@ -113,7 +125,7 @@ def test_fused_dequantize_equals_float32_formula() -> None:
 def test_a_kernel_that_cannot_compile_falls_back_to_the_eager_codes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def broken(name: str, storage: torch.dtype) -> object:
+    def broken(key: object, factory: object) -> object:
         def fail(*args: object) -> None:
             raise RuntimeError("no C++ compiler")
 
@@ -127,3 +139,8 @@ def test_a_kernel_that_cannot_compile_falls_back_to_the_eager_codes(
         got = zp.quantize_int(x, qp, fused=True)
     assert not fused.available()
     np.testing.assert_array_equal(got.to(torch.int64).numpy(), _numpy_codes(x, qp))
+    q = zp.quantize_int(x, qp)  # dequantize falls back too, silently after the first warning
+    np.testing.assert_array_equal(
+        zp.dequantize(q, qp, fused=True).numpy(),
+        (q.numpy().astype(np.float32) - np.float32(0)) * np.float32(float(qp.scale)),
+    )

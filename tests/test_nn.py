@@ -21,6 +21,7 @@ from zeropoint.nn import (
     QuantLinear,
 )
 from zeropoint.nn.convbn import QuantConvBn2d
+from zeropoint.nn.learnable import LEARNABLE
 from zeropoint.nn.modules import QuantConv2d
 from zeropoint.qparams import Scheme
 
@@ -91,7 +92,7 @@ def test_lsq_step_gradient_matches_the_paper() -> None:
     # Esser et al. 2020, eq. 3: ∂x̂/∂s = −x/s + round(x/s) inside, qmin or qmax outside;
     # the step's gradient is scaled by g = 1/√(N·qmax)
     scheme = Scheme(bits=4, signed=False)
-    lsq = LSQ(scheme)
+    lsq = LSQ(scheme, signed=False)
     x = torch.tensor([0.05, 0.31, 0.77, 2.0, -0.4])
     lsq(x)  # initialise
     with torch.no_grad():
@@ -111,19 +112,133 @@ def test_lsq_plus_learns_an_integer_zero_point() -> None:
     x = torch.linspace(-0.5, 2.5, 50, requires_grad=True)
     q(x)
     qp = q.qparams()
-    assert qp.zero_point.dtype == torch.int32
-    # its forward equals fake_quantize with the rounded (S, Z)
-    torch.testing.assert_close(q(x.detach()), zp.fake_quantize(x.detach(), qp), rtol=0, atol=1e-6)
+    assert qp.zero_point.dtype == torch.int32 and qp.scheme.signed  # the data has negatives
+    # initialised to the MSE observer's (S, Z) on the first batch
+    ref = zp.calibrate(x.detach(), Scheme(bits=4, axis=0).with_(axis=None), "mse")
+    assert qp.scale.item() == ref.scale.item() and int(qp.zero_point) == int(ref.zero_point)
+
+
+def test_lsq_plus_gradients_match_the_closed_form() -> None:
+    # Bhalgat et al. 2020: with x̂ = S·(clamp(round(x/S) + Z, qmin, qmax) − Z),
+    # ∂x̂/∂S = round(x/S) − x/S inside, (qmin − Z) or (qmax − Z) outside; ∂x̂/∂Z = −S outside,
+    # 0 inside; both scaled by g = 1/√(N·(qmax − qmin)); Z's gradient reaches the offset
+    q = LSQPlus(Scheme(bits=3), signed=True)  # int3: [−4, 3]
+    x = torch.tensor([-2.0, -0.26, 0.0, 0.33, 0.61, 1.9, 4.0])
+    q(x)
+    with torch.no_grad():
+        q.scale.fill_(0.25)
+        q.offset.fill_(-1.2)  # rounds to Z = −1: codes [−4, 3] cover x/S in [−3, 4]
+    q(x).sum().backward()
+    s, z = 0.25, -1
+    v = x / s
+    r = torch.round(v)
+    inside = (r >= -4 - z) & (r <= 3 - z)
+    bound = torch.where(r < -4 - z, float(-4 - z), float(3 - z))
+    g = 1 / math.sqrt(x.numel() * 7)
+    d_s = torch.where(inside, r - v, bound).sum().item() * g
+    d_z = (-s * (~inside).sum()).item() * g
+    assert q.scale.grad is not None and q.offset.grad is not None
+    assert q.scale.grad.item() == pytest.approx(d_s, rel=1e-6)
+    assert q.offset.grad.item() == pytest.approx(d_z, rel=1e-6)
 
 
 def test_pact_gradient_of_alpha_is_one_above_the_clip() -> None:
     # Choi et al. 2018, eq. 3: ∂ŷ/∂α = 1 for x ≥ α, else 0
-    pact = PACT(Scheme(bits=4, signed=False), alpha=1.0)
+    pact = PACT(Scheme(bits=4, signed=False), alpha=1.0, signed=False)
     x = torch.tensor([-1.0, 0.2, 0.9, 1.5, 3.0])
     pact(x).sum().backward()
     assert pact.alpha.grad is not None and pact.alpha.grad.item() == pytest.approx(2.0)
     out = pact(x).detach()
     assert out.min().item() == 0.0 and out.max().item() == pytest.approx(1.0)
+
+
+def test_signed_pact_clips_both_sides() -> None:
+    # y = clamp(x, −α, α) on the narrow signed range [−7, 7] (4 bits): ∂ŷ/∂α = +1 above α,
+    # −1 below −α, 0 inside; levels k·α/7
+    pact = PACT(Scheme(bits=4, signed=False), alpha=1.4)  # the sign comes from the data
+    x = torch.tensor([-3.0, -1.5, -0.3, 0.0, 0.9, 1.5, 2.0])
+    y = pact(x)
+    assert pact.scheme == Scheme(bits=4, signed=True, symmetric=True, narrow=True)
+    y.sum().backward()
+    assert pact.alpha.grad is not None and pact.alpha.grad.item() == pytest.approx(2 - 2)
+    expected = torch.tensor([-7, -7, -2, 0, 4, 7, 7]) * torch.tensor(1.4) / 7
+    torch.testing.assert_close(y.detach(), expected, rtol=0, atol=0)
+    assert "int4 sym,narrow" in repr(pact) and "signed, from data" in repr(pact)
+
+
+@pytest.mark.parametrize("kind", ["lsq", "lsq+", "pact"])
+@pytest.mark.parametrize("positive", [True, False])
+def test_activation_quantizers_take_their_sign_from_the_first_batch(
+    kind: str, positive: bool
+) -> None:
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    x = x.abs() if positive else x
+    q = LEARNABLE[kind](Scheme(bits=4, signed=False))
+    assert "from the first batch" in repr(q)
+    y = q(x)
+    assert q.scheme.signed is not positive and q.qparams().scheme == q.scheme
+    assert ("uint4" if positive else "int4") in repr(q)
+    if not positive:  # negative values survive (an unsigned quantizer would zero them)
+        neg = x < 0
+        assert bool((y[neg] < 0).float().mean() > 0.5)
+    # the forward pass is fake_quantize with the quantizer's own (S, Z), bit for bit
+    assert torch.equal(y.detach(), zp.fake_quantize(x, q.qparams()))
+    # a fresh quantizer loading this state takes the same sign without seeing data
+    fresh = LEARNABLE[kind](Scheme(bits=4, signed=False))
+    fresh.load_state_dict(q.state_dict())
+    assert fresh.scheme == q.scheme and torch.equal(fresh(x), y)
+
+
+def test_a_fixed_sign_is_kept() -> None:
+    x = torch.tensor([-1.0, -0.5, 0.25, 1.0])
+    q = LSQ(Scheme(bits=4, signed=False), signed=False)
+    assert q(x)[:2].tolist() == [0.0, 0.0]  # asked for: unsigned, negatives clip to 0
+    assert q.scheme.signed is False and "fixed" in repr(q)
+
+
+def test_per_channel_lsq_forward_and_gradient() -> None:
+    w = torch.randn(3, 10, generator=torch.Generator().manual_seed(2))
+    q = LSQ(Scheme(bits=3, symmetric=True, axis=0), 3, signed=True, weight=True)
+    q(w)
+    with torch.no_grad():
+        q.scale.copy_(torch.tensor([0.2, 0.3, 0.5]))
+    y = q(w)
+    assert torch.equal(y.detach(), zp.fake_quantize(w, q.qparams()))
+    (y * torch.arange(10.0)).sum().backward()  # a different gradient per element
+    s = torch.tensor([0.2, 0.3, 0.5]).unsqueeze(1)
+    v = w / s
+    r = torch.round(v)
+    inside = (r >= -4) & (r <= 3)
+    per_elem = torch.where(inside, r - v, r.clamp(-4, 3)) * torch.arange(10.0)
+    g = 1 / math.sqrt(10 * 3)
+    assert q.scale.grad is not None
+    torch.testing.assert_close(q.scale.grad, per_elem.sum(1) * g, rtol=1e-5, atol=1e-7)
+
+
+def test_weight_step_has_a_floor_relative_to_its_channel() -> None:
+    # a collapsed step (1e-12, as weight decay produced) is raised to max|W_c| / (256·m), m = 8
+    # for int4 [−8, 7]: the clip level m·S stays at 1/256 of the channel's largest weight
+    w = torch.tensor([[0.5, -1.0, 0.25, 0.1], [1e-3, -2e-3, 0.0, 5e-4], [0.0, 0.0, 0.0, 0.0]])
+    q = LSQ(Scheme(bits=4, symmetric=True, axis=0), 3, signed=True, weight=True)
+    q(w)
+    with torch.no_grad():
+        q.scale.fill_(1e-12)
+    y = q(w)
+    # (an all-zero channel's floor is the smallest normal float32: 1e-12 stands there)
+    floor = torch.tensor([1.0 / 2048, 2e-3 / 2048, 1e-12])
+    torch.testing.assert_close(q.qparams().scale, floor, rtol=1e-6, atol=0)
+    assert torch.equal(y.detach(), zp.fake_quantize(w, q.qparams()))
+    y.sum().backward()  # below the floor the step gets no gradient
+    assert q.scale.grad is not None and torch.equal(q.scale.grad[:2], torch.zeros(2))
+    # the floor follows the weights: halve them and it halves
+    q(w / 2)
+    torch.testing.assert_close(q.qparams().scale[:2], floor[:2] / 2, rtol=1e-6, atol=0)
+
+
+def test_learnable_quantizers_refuse_qparams_before_data() -> None:
+    for q in (LSQ(Scheme(bits=4)), LSQPlus(Scheme(bits=4)), PACT(Scheme(bits=4))):
+        with pytest.raises(ValueError, match="has seen no data"):
+            q.qparams()
 
 
 def _conv_bn() -> tuple[nn.Conv2d, nn.BatchNorm2d]:

@@ -253,3 +253,96 @@ def test_observer_errors_name_the_problem() -> None:
         Percentile(percentile=0)
     with pytest.raises(ValueError, match="power of two"):
         Histogram(1, bins=1000)
+
+
+# --------------------------------------------------------------------------- degenerate data
+
+
+@pytest.mark.parametrize("method", sorted(OBSERVERS))
+@pytest.mark.parametrize(
+    "scheme",
+    [Scheme(), Scheme(symmetric=True), Scheme(bits=4, signed=False), Scheme(axis=0)],
+    ids=str,
+)
+@pytest.mark.parametrize("value", [-3.0, 0.0, 2.5])
+def test_constant_data_gives_a_valid_scale(method: str, scheme: Scheme, value: float) -> None:
+    # the clip range of constant data c is [c, c], widened to contain 0: [min(c, 0), max(c, 0)].
+    # Closed form: affine S = |c| / (qmax − qmin), c on a level exactly; symmetric S = 2|c| /
+    # (2^b − 1), c one half step from the top level; c = 0: S = 1 and 0 exact.
+    x = torch.full((4, 100), value)
+    qp = zp.calibrate(x, scheme, method)
+    qmin, qmax = scheme.qrange
+    if value == 0.0:
+        expected = 1.0
+    elif scheme.symmetric:
+        expected = 2 * abs(value) / (qmax - qmin)
+    else:
+        expected = abs(value) / (qmax - qmin)
+    torch.testing.assert_close(qp.scale, torch.full_like(qp.scale, expected), rtol=1e-6, atol=0)
+    err = (zp.fake_quantize(x, qp) - x).abs().max().item()
+    # (the half step plus float32 rounding of S and of S·q)
+    assert err <= (expected / 2 * (1 + 1e-5) if scheme.symmetric else 1e-6 * abs(value))
+
+
+def test_percentile_of_constant_data_with_a_dead_layer_quantizes_statically() -> None:
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    with torch.no_grad():  # the first layer is dead: its output is the constant bias 0.7
+        model[0].weight.zero_()
+        model[0].bias.fill_(0.7)
+    calib = [torch.randn(16, 4, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    q = zp.quantize_static(model, calib, zp.int8_static("percentile"), progress=False)
+    x = calib[0]
+    # the edge after the dead layer holds 0.7 exactly (uint8 affine: 0.7 is the top level)
+    torch.testing.assert_close(q(x), model(x), rtol=0, atol=0.02)
+
+
+@pytest.mark.parametrize(
+    ("cls", "options"),
+    [
+        (Percentile, {"percentile": 90.0, "bins": 512}),
+        (MovingAverageMinMax, {"averaging_constant": 0.5}),
+        (ACIQ, {"distribution": "gauss", "bins": 1024}),
+        (Entropy, {"bins": 256}),
+        (MSE, {"bins": 64}),
+    ],
+)
+def test_reset_keeps_the_scheme_and_options(cls: type, options: dict[str, object]) -> None:
+    scheme = Scheme(bits=4, symmetric=True)
+    obs = cls(scheme, **options)
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    obs.update(x * 100)
+    obs.reset()
+    assert obs.num_batches == 0 and obs.scheme == scheme
+    for key, value in options.items():
+        assert getattr(obs, key) == value
+    obs.update(x)
+    fresh = cls(scheme, **options)
+    fresh.update(x)
+    assert torch.equal(obs.qparams().scale, fresh.qparams().scale)
+
+
+def test_percentile_below_50_is_refused_for_asymmetric_schemes() -> None:
+    with pytest.raises(ValueError, match="percentile=30"):
+        Percentile(Scheme(), percentile=30)
+    # symmetric: the 30th percentile of |x| is a valid (if odd) clip
+    obs = Percentile(Scheme(symmetric=True), percentile=30)
+    obs.update(torch.linspace(-1, 1, 2001))
+    assert obs.range()[1].item() == pytest.approx(0.3, abs=2e-3)
+
+
+def test_moving_average_is_the_one_observer_whose_merge_is_not_exact() -> None:
+    # merge weights the two EMAs by their batch counts (documented); an EMA fed every batch in
+    # order gives another value, since an EMA depends on the order of batches
+    batches = [torch.full((10,), float(v)) for v in (1.0, 2.0, 3.0, 10.0)]
+    a, b, whole = (MovingAverageMinMax(Scheme(), averaging_constant=0.5) for _ in range(3))
+    for x in batches[:2]:
+        a.update(x)
+    for x in batches[2:]:
+        b.update(x)
+    for x in batches:
+        whole.update(x)
+    # a: 1 → 1.5; b: 3 → 6.5; merged: 1.5 + (2/4)·(6.5 − 1.5) = 4.0; whole: 1, 1.5, 2.25, 6.125
+    assert a.merge(b).range()[1].item() == 4.0
+    assert whole.range()[1].item() == 6.125

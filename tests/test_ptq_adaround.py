@@ -24,7 +24,8 @@ from zeropoint.ptq.adaround import (
     rectified_sigmoid,
     rectified_sigmoid_inverse,
 )
-from zeropoint.ptq.capture import Rows
+from zeropoint.ptq.layer_io import Rows
+from zeropoint.ptq.simulation import simulate
 from zeropoint.workflows.static import activation_quantizers
 
 
@@ -123,7 +124,7 @@ def test_model_keeps_the_learned_codes() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
     x = torch.randn(32, 3, 8, 8)
     config = wa(3, 8)
-    rtn = zp.quantize_static(model, [x], config, progress=False)
+    rtn = simulate(model, [x], config, progress=False)
     ada = adaround(model, x, config, num_samples=32, iterations=300, progress=False)
     assert adaround_report(ada).layers and not adaround_report(ada).skipped
     flipped = 0
@@ -132,7 +133,7 @@ def test_model_keeps_the_learned_codes() -> None:
         assert isinstance(layer, QuantMixin) and isinstance(reference, QuantMixin)
         qp, qp_rtn = layer.weight_qparams(), reference.weight_qparams()
         assert torch.equal(qp.scale, qp_rtn.scale) and torch.equal(qp.zero_point, qp_rtn.zero_point)
-        codes = zp.quantize_int(layer.float_weight, qp)
+        codes = zp.quantize_int(layer.float_weight.detach(), qp)
         assert torch.equal(layer.float_weight, zp.dequantize(codes, qp))
         assert torch.equal(layer.quantized_weight(), layer.float_weight)
         ratio = reference.float_weight.detach() / qp.scale.reshape(-1, 1, 1, 1)
@@ -177,7 +178,7 @@ def test_closes_most_of_the_gap_to_the_optimal_rounding() -> None:
     x = torch.randn(64, 6) @ torch.randn(6, 6)  # correlated inputs: nearest is not optimal
     config = weight_only(3)
     ada = adaround(model, x, config, num_samples=64, iterations=2000, progress=False)
-    rtn = zp.quantize_static(model, [x], config, progress=False)
+    rtn = simulate(model, [x], config, progress=False)
     layer = ada.get_submodule("0")
     assert isinstance(layer, QuantMixin)
     qp = layer.weight_qparams()
@@ -223,7 +224,7 @@ def test_digits_cnn_low_bit_weights(
     model, data = digits
     calib = data.x_train[:256]
     config = wa(bits, 4)
-    rtn = zp.quantize_static(model, [calib], config, progress=False)
+    rtn = simulate(model, [calib], config, progress=False)
     ada = adaround(model, calib, config, num_samples=256, iterations=500, progress=False)
     assert accuracy(rtn, data.x_test, data.y_test) <= rtn_at_most
     assert accuracy(ada, data.x_test, data.y_test) >= ada_at_least
@@ -239,7 +240,7 @@ def test_accepts_an_already_converted_model_and_needs_the_float_one_after() -> N
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
     x = torch.randn(64, 8)
-    converted = zp.quantize_static(model, [x], wa(4, 8), progress=False)
+    converted = simulate(model, [x], wa(4, 8), progress=False)
     ada = adaround(converted, x, iterations=50, num_samples=64, progress=False)
     assert converted.get_submodule("0").float_weight is not ada.get_submodule("0").float_weight
     with pytest.raises(ValueError, match="already set by AdaRound"):

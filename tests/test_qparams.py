@@ -107,20 +107,100 @@ def test_group_wise_scale_has_onnx_blocked_shape() -> None:
     assert tuple(qp0.scale.shape) == (2, 32)
 
 
-def test_slices_round_trip() -> None:
+def test_slices_and_their_inverse_against_direct_indexing() -> None:
+    # every row of to_slices is one (S, Z) slice; from_slices puts one value per row back where
+    # the scale tensor holds it. Reference: plain indexing of x = arange (each value its index).
     x = torch.arange(2 * 3 * 8, dtype=torch.float32).reshape(2, 3, 8)
-    for scheme in [
-        Scheme(),
-        Scheme(axis=1),
-        Scheme(axis=-1, group_size=4),
-        Scheme(axis=1, group_size=3),
-    ]:
-        rows = to_slices(x, scheme)
-        first = rows[:, 0]
-        shaped = from_slices(first, x.shape, scheme)
-        assert shaped.numel() == rows.shape[0]
-    per_channel = to_slices(x, Scheme(axis=1))
-    assert torch.equal(per_channel[1], x[:, 1].reshape(-1))
+    # per tensor: one row, the whole tensor in order
+    assert torch.equal(to_slices(x, Scheme()), x.reshape(1, -1))
+    # per channel along axis 1: row c is x[:, c, :]; the first value of each row is x[0, c, 0]
+    rows = to_slices(x, Scheme(axis=1))
+    for c in range(3):
+        assert torch.equal(rows[c], x[:, c, :].reshape(-1))
+    assert torch.equal(from_slices(rows[:, 0], x.shape, Scheme(axis=1)), x[0, :, 0])
+    # groups of 4 along the last axis: block (i, j, k) is x[i, j, 4k:4k+4]; the scale tensor
+    # has shape (2, 3, 2) and its entry (i, j, k) belongs to that block
+    scheme = Scheme(axis=-1, group_size=4)
+    rows = to_slices(x, scheme)
+    firsts = from_slices(rows[:, 0], x.shape, scheme)
+    assert tuple(firsts.shape) == (2, 3, 2) and torch.equal(firsts, x[..., ::4])
+    for i in range(2):
+        for j in range(3):
+            for k in range(2):
+                block = x[i, j, 4 * k : 4 * k + 4]
+                assert torch.equal(rows[(i * 3 + j) * 2 + k], block)
+    # groups of 3 along axis 1 (size 3: one group per column): scale shape (2, 1, 8)
+    scheme = Scheme(axis=1, group_size=3)
+    firsts = from_slices(to_slices(x, scheme)[:, 0], x.shape, scheme)
+    assert tuple(firsts.shape) == (2, 1, 8) and torch.equal(firsts, x[:, :1, :])
+
+
+def test_group_wise_quantization_equals_quantizing_each_block_alone() -> None:
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 4, 12, generator=g) * torch.logspace(-1, 1, 12)
+    for axis in (2, -1):  # a negative axis resolves to the same blocks
+        scheme = Scheme(bits=4, axis=axis, group_size=6)
+        qp = zp.calibrate(x, scheme)
+        q = zp.quantize_int(x, qp)
+        for i in range(3):
+            for j in range(4):
+                for k in range(2):
+                    block = x[i, j, 6 * k : 6 * k + 6]
+                    ref = zp.quantize_int(block, zp.calibrate(block, Scheme(bits=4)))
+                    assert torch.equal(q[i, j, 6 * k : 6 * k + 6], ref)
+
+
+def test_negative_axes_and_0d_tensors() -> None:
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(5))
+    # group-wise QParams built by hand with a negative axis resolve it from the scale's rank
+    scheme = Scheme(bits=8, symmetric=True, axis=-1, group_size=3)
+    ref = zp.calibrate(x, scheme)
+    by_hand = QParams(ref.scale, ref.zero_point, scheme, axis=-1)
+    assert by_hand.axis == 1
+    assert torch.equal(zp.quantize_int(x, by_hand), zp.quantize_int(x, ref))
+    # per-channel QParams with a negative axis index the tensor from the end
+    per_channel = zp.calibrate(x, Scheme(axis=1))
+    negative = QParams(per_channel.scale, per_channel.zero_point, Scheme(axis=-1), axis=-1)
+    assert torch.equal(zp.quantize_int(x, negative), zp.quantize_int(x, per_channel))
+    with pytest.raises(ValueError, match="axis -3 is out of range"):
+        zp.quantize_int(x, QParams(per_channel.scale, per_channel.zero_point, Scheme(axis=-3), -3))
+    # a 0-d tensor: per tensor works, an axis is refused by name
+    scalar = torch.tensor(0.7)
+    qp = zp.calibrate(scalar, Scheme(signed=False))
+    assert zp.quantize_int(scalar, qp).shape == () and int(zp.quantize_int(scalar, qp)) == 255
+    assert zp.fake_quantize(scalar, qp).item() == pytest.approx(0.7, rel=1e-6)  # the top level
+    with pytest.raises(ValueError, match="0-d tensor has no axes"):
+        zp.calibrate(scalar, Scheme(axis=0))
+    with pytest.raises(ValueError, match="0-d tensor has no axes"):
+        zp.calibrate(scalar, Scheme(group_size=1))
+
+
+def test_one_bit_means_the_levels_zero_and_s() -> None:
+    # Scheme(bits=1, signed=False): codes {0, 1}, r = S·(q − Z): levels {0, S} for data ≥ 0
+    # (Z = 0), {−S, 0} for data ≤ 0 (Z = 1); mixed-sign data keeps the side with more range
+    pos = torch.tensor([0.0, 0.2, 0.7, 1.0])
+    qp = zp.calibrate(pos, Scheme(bits=1, signed=False))
+    assert qp.scale.item() == 1.0 and int(qp.zero_point) == 0
+    assert zp.fake_quantize(pos, qp).tolist() == [0.0, 0.0, 1.0, 1.0]
+    neg = -pos
+    qn = zp.calibrate(neg, Scheme(bits=1, signed=False))
+    assert int(qn.zero_point) == 1 and zp.fake_quantize(neg, qn).tolist() == [0.0, 0.0, -1.0, -1.0]
+    for kwargs in ({"bits": 1}, {"bits": 1, "signed": False, "symmetric": True}):
+        with pytest.raises(ValueError, match="BinaryCodeQuantizer"):
+            Scheme(**kwargs)  # type: ignore[arg-type]
+
+
+def test_32_bit_schemes_are_signed_int32_without_wrap() -> None:
+    # the largest int32 zero point and codes survive the round trip (float64 arithmetic)
+    scheme = Scheme(bits=32)
+    qp = QParams(torch.tensor(1.0), torch.tensor(2**31 - 1), scheme)
+    assert int(qp.zero_point) == 2**31 - 1
+    x = torch.tensor([0.0, -1.0, -(2.0**32 - 1), 5.0], dtype=torch.float64)
+    q = zp.quantize_int(x, qp)
+    assert q.dtype == torch.int32 and q.tolist() == [2**31 - 1, 2**31 - 2, -(2**31), 2**31 - 1]
+    assert zp.dequantize(q, qp, dtype=torch.float64).tolist() == [0.0, -1.0, -(2.0**32 - 1), 0.0]
+    with pytest.raises(ValueError, match="int32 biases"):
+        Scheme(bits=32, signed=False)
 
 
 @pytest.mark.parametrize(
@@ -130,7 +210,9 @@ def test_slices_round_trip() -> None:
         ({"bits": 17}, "out of range"),
         ({"rounding": "nearest"}, "unknown"),
         ({"group_size": 0}, "positive"),
-        ({"bits": 1, "symmetric": True, "narrow": True}, "fewer than two levels"),
+        ({"bits": 1, "signed": False, "narrow": True}, "fewer than two levels"),
+        ({"bits": 1}, "BinaryCodeQuantizer"),
+        ({"bits": 32, "signed": False}, "int32 biases"),
     ],
 )
 def test_bad_schemes_raise(kwargs: dict[str, object], message: str) -> None:

@@ -90,3 +90,49 @@ def test_pact_and_lsq_plus_recover_w2a2(
     acc = _qat(model, data, zp.w2a2_qat(learnable), epochs=20)
     print(f"{learnable} W2A2 {acc:.2f} (fp32 {fp32:.2f}, RTN {rtn2:.2f})")
     assert acc >= fp32 - 5.0 and acc > rtn2 + 50
+
+
+def test_qat_param_groups_keep_weight_decay_off_the_quantizers(
+    digits: tuple[DigitsCNN, DigitsData],
+) -> None:
+    model, data = digits
+    q = zp.prepare_qat(model, "w4a4_qat", example_inputs=data.x_train[:64])  # preset by name
+    groups = zp.qat_param_groups(q, weight_decay=0.1)
+    quant = [m for m in q.modules() if isinstance(m, LSQ | LSQPlus | PACT)]
+    expected = {id(p) for m in quant for p in m.parameters(recurse=False)}
+    assert {id(p) for p in groups[1]["params"]} == expected and groups[1]["weight_decay"] == 0.0
+    assert groups[0]["weight_decay"] == 0.1
+    everything = {id(p) for p in q.parameters()}
+    assert {id(p) for g in groups for p in g["params"]} == everything
+    assert not expected & {id(p) for p in groups[0]["params"]}
+    # with no gradient at all, AdamW's decoupled decay alone moves the weights, not the steps
+    opt = torch.optim.AdamW(groups, lr=0.5)
+    before = {id(p): p.detach().clone() for p in q.parameters()}
+    for p in q.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for p in q.parameters():
+        moved = not torch.equal(before[id(p)], p.detach())
+        assert moved == (id(p) not in expected and bool(before[id(p)].abs().sum() > 0))
+
+
+def test_prepare_qat_refuses_other_workflows_configs_and_restores_in_place_models(
+    digits: tuple[DigitsCNN, DigitsData],
+) -> None:
+    model, _ = digits
+    with pytest.raises(ValueError, match=r"prepare_qat: the config \(int8_dynamic\) is dynamic"):
+        zp.prepare_qat(model, zp.int8_dynamic())
+    with pytest.raises(ValueError, match=r"unknown preset 'w1a1_qat'.*w2a2_qat"):
+        zp.prepare_qat(model, "w1a1_qat")
+    copy = DigitsCNN()
+    copy.load_state_dict(model.state_dict())
+    copy.eval()
+    state = {k: v.clone() for k, v in copy.state_dict().items()}
+    modules = dict(copy.named_modules())
+    with pytest.raises(RuntimeError):  # the example batch has the wrong shape
+        zp.prepare_qat(copy, zp.w4a4_qat(), example_inputs=torch.zeros(2, 3), inplace=True)
+    assert dict(copy.named_modules()).keys() == modules.keys()
+    assert all(copy.get_submodule(k) is m for k, m in modules.items())
+    assert all(torch.equal(v, state[k]) for k, v in copy.state_dict().items())
+    assert "_zeropoint" not in copy.__dict__ and "forward" not in copy.__dict__
+    assert not copy.training

@@ -121,3 +121,87 @@ def test_bad_input_names_the_problem(digits: tuple[DigitsCNN, DigitsData]) -> No
     prepared = prepare(model)
     with pytest.raises(TypeError, match="calibration item"):
         calibrate_model(prepared, [3.0], progress=False)
+
+
+def test_configs_of_other_workflows_are_refused_and_presets_accepted_by_name(
+    digits: tuple[DigitsCNN, DigitsData],
+) -> None:
+    model, data = digits
+    calib = data.calibration_batches()
+    with pytest.raises(ValueError, match=r"quantize_static: the config \(int8_dynamic\) is dyn"):
+        quantize_static(model, calib, zp.int8_dynamic(), progress=False)
+    with pytest.raises(ValueError, match=r"\(int4_weight_only\) is weight-only"):
+        quantize_static(model, calib, zp.int4_weight_only(), progress=False)
+    with pytest.raises(ValueError, match=r"learnable='lsq', a QAT setting: use zp.prepare_qat"):
+        prepare(model, zp.w4a4_qat())
+    with pytest.raises(ValueError, match=r"unknown preset 'int8'.*'int8_static'"):
+        quantize_static(model, calib, "int8", progress=False)
+    with pytest.raises(TypeError, match="needs a QuantConfig or a preset name, got dict"):
+        quantize_static(model, calib, {"bits": 8}, progress=False)  # type: ignore[arg-type]
+    by_name = quantize_static(model, calib, "int8_static", progress=False)
+    by_value = quantize_static(model, calib, int8_static(), progress=False)
+    x = data.x_test[:16]
+    assert torch.equal(by_name(x), by_value(x))
+
+
+class _KeywordModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, features: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        return self.fc(features) + offset
+
+
+def test_mapping_calibration_items_are_keyword_arguments() -> None:
+    from transformers import BatchEncoding
+
+    model = _KeywordModel().eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 6, generator=g)
+    o = torch.randn(32, 3, generator=g)
+    # reference: the same calibration fed by a plain loop with keyword arguments
+    prepared = prepare(model)
+    with calibrating(prepared):
+        prepared(offset=o, features=x)
+    reference = convert(prepared)
+    # keys in another order than the signature: matched by name, not position
+    as_dicts = quantize_static(model, [{"offset": o, "features": x}], progress=False)
+    encoding = BatchEncoding({"offset": o, "features": x})
+    as_encodings = quantize_static(model, [encoding], progress=False)
+    for q in (as_dicts, as_encodings):
+        assert torch.equal(q(x, o), reference(x, o))
+    with pytest.raises(TypeError, match="keys must be strings; got 0"):
+        quantize_static(model, [{0: x}], progress=False)
+    with pytest.raises(TypeError, match="wrap a single batch in a list"):
+        quantize_static(model, x, progress=False)
+
+
+def test_a_failure_midway_restores_an_in_place_model(
+    digits: tuple[DigitsCNN, DigitsData],
+) -> None:
+    model, data = digits
+    work = DigitsCNN()
+    work.load_state_dict(model.state_dict())
+    work.eval()
+    state = {k: v.clone() for k, v in work.state_dict().items()}
+    modules = dict(work.named_modules())
+    params = {k: p for k, p in work.named_parameters()}
+
+    def loader():  # raises after two good batches, once batch norms were folded in place
+        yield data.x_train[:32]
+        yield data.x_train[32:64]
+        raise OSError("disk read failed")
+
+    with pytest.raises(OSError, match="disk read failed"):
+        quantize_static(work, loader(), inplace=True, progress=False)
+    assert dict(work.named_modules()).keys() == modules.keys()
+    assert all(work.get_submodule(k) is m for k, m in modules.items())
+    assert all(p is params[k] for k, p in work.named_parameters())
+    assert all(torch.equal(v, state[k]) for k, v in work.state_dict().items())
+    assert "_zeropoint" not in work.__dict__ and "forward" not in work.__dict__
+    x = data.x_test[:16]
+    assert torch.equal(work(x), model(x))
+    # and the same model quantizes in place afterwards
+    q = quantize_static(work, data.calibration_batches(), inplace=True, progress=False)
+    assert q is work and state_of(work).workflow == "static"

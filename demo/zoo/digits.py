@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from demo.zoo.seeding import seeded_init
+from zeropoint import qat_param_groups
+
 
 @dataclass(frozen=True)
 class DigitsData:
@@ -100,12 +103,14 @@ def train(
     seed: int = 0,
     extra_loss: object = None,
     progress: str | None = None,
+    weight_decay: float = 0.0,
 ) -> nn.Module:
     """Adam with cosine decay on the training split; deterministic for a given seed (and thread
-    count). ``progress``: a description to show a progress bar over the epochs."""
+    count). ``progress``: a description to show a progress bar over the epochs. Parameter
+    groups from `zp.qat_param_groups`: ``weight_decay`` never applies to a QAT model's
+    quantizer steps and clips."""
     g = torch.Generator().manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(qat_param_groups(model, weight_decay=weight_decay), lr=lr)
     steps = epochs * ((data.x_train.shape[0] + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
@@ -144,9 +149,9 @@ def accuracy(model: nn.Module | object, x: Tensor, y: Tensor, batch_size: int = 
 def trained_digits_cnn(
     seed: int = 0, epochs: int = 30, width: int = 16
 ) -> tuple[DigitsCNN, DigitsData]:
-    """A DigitsCNN trained on the digits split (both seeded)."""
-    torch.manual_seed(seed)
+    """A DigitsCNN trained on the digits split (initial weights, split and batches all seeded
+    through generators: the global RNG is not touched)."""
     data = load_digits_data(seed=seed)
-    model = DigitsCNN(width)
+    model = seeded_init(DigitsCNN(width), seed)
     train(model, data, epochs=epochs, seed=seed)
     return model, data

@@ -9,6 +9,11 @@ Other conventions in the literature map onto it directly:
   * Gholami et al. 2021 survey:   Q(r) = Int(r / S) − Z           (their Z is our −Z)
   * Nagel et al. 2021 white paper: x_int = clamp(round(x / s) + z)  (s = S, z = Z)
 
+Float formats (``Scheme(float_format="e4m3fn")``: fp8 e4m3fn / e5m2, fp4 e2m1) use the same
+convention with Z = 0 and the format's own values in place of the integers — the scaled fp8 of
+serving stacks, r̂ = S·fp8(r / S) with S = amax / max_f — and their codes are the format's bit
+patterns (unsigned b-bit integers: what a torch float8 tensor stores).
+
 Granularity is described by two fields of `Scheme`:
   * per-tensor:  axis=None, group_size=None — one (S, Z) for the whole tensor;
   * per-channel: axis=k — one (S, Z) per index along axis k (k=0: output channels of a weight);
@@ -27,11 +32,18 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from zeropoint.formats import IntFormat
+from zeropoint.formats import FP4_E2M1, FP8_E4M3, FP8_E5M2, FloatFormat, IntFormat
 from zeropoint.validation import check_finite
 
 Rounding = Literal["half_even", "half_away", "floor", "stochastic"]
 ROUNDING_MODES: tuple[str, ...] = ("half_even", "half_away", "floor", "stochastic")
+
+#: Float formats a Scheme can quantize to (``Scheme.float_format``), by name.
+FLOAT_SCHEME_FORMATS: dict[str, FloatFormat] = {
+    "e4m3fn": FP8_E4M3,
+    "e5m2": FP8_E5M2,
+    "e2m1": FP4_E2M1,
+}
 
 #: Bit widths a Scheme accepts: 1..16 for data, 32 for int32 biases and accumulators.
 MAX_DATA_BITS = 16
@@ -48,6 +60,10 @@ class Scheme:
     * ``axis`` / ``group_size``: granularity (see the module docstring).
     * ``rounding``: ``half_even`` (default; torch and ONNX), ``half_away`` (from zero), ``floor``,
       ``stochastic`` (unbiased: ⌊r⌋ + 1 with probability r − ⌊r⌋).
+    * ``float_format``: None (integers), or "e4m3fn" / "e5m2" (fp8, ``bits=8``) / "e2m1" (fp4,
+      ``bits=4``): r/S is rounded to the float format (nearest, ties to even, saturating at
+      ±max) instead of to an integer, with Z = 0 — a float scheme is symmetric by nature
+      (``symmetric`` is set to True), signed, full range, and rounds half to even.
     """
 
     bits: int = 8
@@ -57,6 +73,7 @@ class Scheme:
     axis: int | None = None
     group_size: int | None = None
     rounding: str = "half_even"
+    float_format: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or isinstance(self.bits, bool):
@@ -66,16 +83,39 @@ class Scheme:
                 f"Scheme.bits={self.bits} is out of range: expected 1..{MAX_DATA_BITS} "
                 f"(or {ACCUMULATOR_BITS} for int32 biases)"
             )
+        for name in ("symmetric", "narrow", "signed"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"Scheme.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.bits == ACCUMULATOR_BITS and not self.signed:
+            raise ValueError(
+                f"Scheme(bits={ACCUMULATOR_BITS}, signed=False): 32-bit schemes are for int32 "
+                "biases and accumulators, which are signed (a uint32 zero point would not fit "
+                "the int32 zero-point tensor)"
+            )
+        if self.bits == 1 and (self.signed or self.symmetric):
+            raise ValueError(
+                f"Scheme(bits=1, signed={self.signed}, symmetric={self.symmetric}) has no useful "
+                "uniform meaning (its two levels {-S, 0} cannot hold positive values): use "
+                "Scheme(bits=1, signed=False) for the levels {0, S} of one-sided data, or "
+                "zeropoint.nonuniform.BinaryCodeQuantizer.fit(x, m=1) for sign quantization "
+                "{-a, +a} with a = mean|x| (Rastegari et al. 2016)"
+            )
         if self.rounding not in ROUNDING_MODES:
             raise ValueError(
                 f"Scheme.rounding={self.rounding!r} is unknown: expected one of {ROUNDING_MODES}"
             )
-        if self.axis is not None and not isinstance(self.axis, int):
+        if self.axis is not None and (
+            not isinstance(self.axis, int) or isinstance(self.axis, bool)
+        ):
             raise TypeError(f"Scheme.axis must be an int or None, got {self.axis!r}")
         if self.group_size is not None and (
-            not isinstance(self.group_size, int) or self.group_size < 1
+            not isinstance(self.group_size, int)
+            or isinstance(self.group_size, bool)
+            or self.group_size < 1
         ):
             raise ValueError(f"Scheme.group_size={self.group_size!r} must be a positive int")
+        if self.float_format is not None:
+            self._check_float()
         lo, hi = self.qrange
         if lo >= hi:
             raise ValueError(
@@ -83,9 +123,50 @@ class Scheme:
                 f"leaves fewer than two levels [{lo}, {hi}]"
             )
 
+    def _check_float(self) -> None:
+        name = self.float_format
+        if name not in FLOAT_SCHEME_FORMATS:
+            raise ValueError(
+                f"Scheme.float_format={name!r} is unknown: expected None (integers) or one of "
+                f"{tuple(FLOAT_SCHEME_FORMATS)}"
+            )
+        fmt = FLOAT_SCHEME_FORMATS[name]
+        what = f"Scheme(float_format={name!r})"
+        if self.bits != fmt.bits:
+            raise ValueError(
+                f"{what} has {fmt.bits}-bit codes: pass bits={fmt.bits}, not {self.bits}"
+            )
+        if not self.signed or self.narrow:
+            raise ValueError(
+                f"{what}: a float format is signed and has no narrow range; got "
+                f"signed={self.signed}, narrow={self.narrow}"
+            )
+        if self.rounding != "half_even":
+            raise ValueError(
+                f"{what} rounds to the nearest value of the format, ties to even (IEEE, torch's "
+                f"float8 casts, ONNX QuantizeLinear); rounding={self.rounding!r} is not offered"
+            )
+        object.__setattr__(self, "symmetric", True)  # Z = 0: the only float grid
+
+    @property
+    def floating(self) -> FloatFormat | None:
+        """The float format of a float scheme (``float_format``), None for integers."""
+        return None if self.float_format is None else FLOAT_SCHEME_FORMATS[self.float_format]
+
     @property
     def format(self) -> IntFormat:
-        return IntFormat(self.bits, self.signed)
+        """The integer format of the codes: b-bit signed or unsigned integers; for a float
+        scheme the format's bit patterns, unsigned b-bit."""
+        return IntFormat(self.bits, self.signed and self.float_format is None)
+
+    @property
+    def level_range(self) -> tuple[int, int]:
+        """(lo, hi) that round(r/S) + Z is clamped to: (qmin, qmax) for integers, (−max, max)
+        for a float format (its largest finite value: 448, 57344 or 6, all integers)."""
+        fmt = self.floating
+        if fmt is None:
+            return self.qrange
+        return -int(fmt.max), int(fmt.max)
 
     @property
     def qrange(self) -> tuple[int, int]:
@@ -116,7 +197,12 @@ class Scheme:
         if self.axis is None and self.group_size is None:
             return None
         axis = -1 if self.axis is None else self.axis
-        if not -ndim <= axis < max(ndim, 1):
+        if ndim == 0:
+            raise ValueError(
+                f"{self} works along axis {axis}, but a 0-d tensor has no axes: use a per-tensor "
+                "scheme (axis=None, group_size=None) for a scalar"
+            )
+        if not -ndim <= axis < ndim:
             raise ValueError(
                 f"axis {axis} is out of range for a tensor with {ndim} dimensions "
                 f"(expected {-ndim}..{ndim - 1})"
@@ -132,6 +218,8 @@ class Scheme:
             "per_group": f"group({self.group_size}, axis={-1 if self.axis is None else self.axis})",
         }[self.granularity]
         narrow = ",narrow" if self.narrow else ""
+        if self.float_format is not None:
+            return f"fp{self.bits} {self.float_format} {gran}"
         return f"{sign}{self.bits} {kind}{narrow} {gran}"
 
 
@@ -156,6 +244,18 @@ class QParams:
     axis: int | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.scheme, Scheme):
+            raise TypeError(f"QParams.scheme must be a Scheme, got {type(self.scheme).__name__}")
+        if self.axis is not None and (
+            not isinstance(self.axis, int) or isinstance(self.axis, bool)
+        ):
+            raise TypeError(f"QParams.axis must be an int or None, got {self.axis!r}")
+        for name in ("scale", "zero_point"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, float | int | Tensor):
+                raise TypeError(
+                    f"QParams.{name} must be a tensor or a number, got {type(value).__name__}"
+                )
         scale = _as_tensor(self.scale, torch.float32)
         zero_point = _as_tensor(self.zero_point, torch.float64)
         if scale.shape != zero_point.shape:
@@ -169,8 +269,16 @@ class QParams:
                 f"scale must be finite and > 0; {int(bad.sum())} of {scale.numel()} values are "
                 f"not (first: {scale.flatten()[bad.flatten()][0].item()})"
             )
-        if bool((zero_point != torch.round(zero_point)).any()):
-            raise ValueError("zero_point must hold integers")
+        fractional = zero_point != torch.round(zero_point)
+        if bool(fractional.any()):
+            raise ValueError(
+                f"zero_point must hold integers, got {zero_point.flatten()[fractional.flatten()][0].item()}"
+            )
+        if self.scheme.float_format is not None and bool((zero_point != 0).any()):
+            raise ValueError(
+                f"a float format has no zero point ({self.scheme}): Z must be 0, got "
+                f"{int(zero_point.flatten()[(zero_point != 0).flatten()][0].item())}"
+            )
         qmin, qmax = self.scheme.qrange
         out = (zero_point < qmin) | (zero_point > qmax)
         if bool(out.any()):
@@ -188,8 +296,20 @@ class QParams:
             raise ValueError(
                 f"a per-channel scheme needs a 1-D scale, got shape {tuple(scale.shape)}"
             )
-        if self.scheme.granularity != "per_tensor" and self.axis is None:
+        axis = self.axis
+        if self.scheme.granularity != "per_tensor" and axis is None:
             raise ValueError(f"{self.scheme} needs the resolved axis in QParams.axis")
+        if self.scheme.granularity == "per_group" and axis is not None:
+            # group-wise scales have the tensor's rank, so a negative axis resolves here
+            if not -scale.dim() <= axis < scale.dim():
+                raise ValueError(
+                    f"QParams.axis={axis} is out of range for group-wise scales of shape "
+                    f"{tuple(scale.shape)}"
+                )
+            axis = axis % scale.dim()
+        if self.scheme.granularity == "per_tensor":
+            axis = None
+        object.__setattr__(self, "axis", axis)
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "zero_point", zero_point.to(torch.int32))
 
@@ -208,7 +328,7 @@ class QParams:
         if gran == "per_tensor":
             return
         assert self.axis is not None  # guaranteed by __post_init__
-        if self.axis >= len(shape):
+        if not -len(shape) <= self.axis < len(shape):
             raise ValueError(
                 f"axis {self.axis} is out of range for a tensor of shape {shape} ({self.scheme})"
             )
@@ -332,6 +452,9 @@ def qparams_from_range(
         restricted range [−(2^(b−1)−1), 2^(b−1)−1]:  S = m / (2^(b−1) − 1),  Z = 0
         full range [−2^(b−1), 2^(b−1)−1]:             S = 2m / (2^b − 1),     Z = 0
         unsigned formats (torch's convention):        S = 2m / (qmax − qmin), Z = ⌈(qmin+qmax)/2⌉
+        float formats (scaled fp8 / fp4):               S = m / max_f,          Z = 0
+    (max_f the format's largest value, 448 for e4m3fn: the amax scaling of serving stacks,
+    r̂ = S·fp8(r/S), which maps ±m onto ±max_f).
     Degenerate ranges (α = β = 0, e.g. an all-zero tensor) get S = 1: any S represents 0 exactly.
 
     ``lo``/``hi`` are scalars (per-tensor) or tensors shaped like the scale (per-channel ``(C,)``,
@@ -350,7 +473,11 @@ def qparams_from_range(
     qmin, qmax = scheme.qrange
     if scheme.symmetric:
         m = torch.maximum(alpha.abs(), beta)
-        if scheme.signed:
+        floating = scheme.floating
+        if floating is not None:
+            scale = m / floating.max
+            zero_point = torch.zeros_like(scale)
+        elif scheme.signed:
             half = qmax if scheme.narrow else (qmax - qmin) / 2.0
             scale = m / half
             zero_point = torch.zeros_like(scale)

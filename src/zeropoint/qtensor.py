@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from zeropoint.qparams import QParams
+from zeropoint.validation import check_codes
 
 
 def container_bits(bits: int) -> int:
@@ -63,23 +64,43 @@ def unpack(packed: Tensor, bits: int, signed: bool, numel: int) -> Tensor:
 
 @dataclass(frozen=True, eq=False)
 class QTensor:
-    """A quantized tensor: ``data`` (integer codes, packed for ≤ 4 bits), ``qparams``, ``shape``."""
+    """A quantized tensor: ``data`` (integer codes, packed for ≤ 4 bits), ``qparams``, ``shape``,
+    and ``dtype``, the floating-point dtype it was quantized from (what `dequantize` returns)."""
 
     data: Tensor
     qparams: QParams
     shape: torch.Size
     packed: bool = False
+    dtype: torch.dtype = torch.float32
 
     @classmethod
-    def from_int(cls, codes: Tensor, qparams: QParams) -> QTensor:
-        """Wrap unpacked integer codes; codes of ≤ 4-bit schemes are packed."""
-        if codes.is_floating_point():
+    def from_int(
+        cls,
+        codes: Tensor,
+        qparams: QParams,
+        dtype: torch.dtype = torch.float32,
+        *,
+        checked: bool = False,
+    ) -> QTensor:
+        """Wrap unpacked integer codes; codes of ≤ 4-bit schemes are packed. Codes outside the
+        scheme's [qmin, qmax] are refused (``checked=True``: the caller guarantees the range,
+        as `zeropoint.quantize` does). ``dtype``: what `dequantize` will return."""
+        if not isinstance(qparams, QParams):
+            raise TypeError(f"QTensor needs QParams, got {type(qparams).__name__}")
+        if not isinstance(codes, Tensor):
+            raise TypeError(f"QTensor codes must be a torch.Tensor, got {type(codes).__name__}")
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
             raise TypeError(f"QTensor codes must be integers, got {codes.dtype}")
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"QTensor.dtype must be a floating-point dtype, got {dtype!r}")
         qparams.check_shape(codes.shape)
         scheme = qparams.scheme
-        if scheme.bits <= 4:
-            return cls(pack(codes, scheme.bits, scheme.signed), qparams, codes.shape, True)
-        return cls(codes, qparams, codes.shape, False)
+        if not checked:
+            check_codes(codes, scheme.qmin, scheme.qmax, str(scheme))
+        if scheme.bits <= 4:  # float schemes: unsigned bit patterns (scheme.format.signed)
+            packed = pack(codes, scheme.bits, scheme.format.signed)
+            return cls(packed, qparams, codes.shape, True, dtype)
+        return cls(codes, qparams, codes.shape, False, dtype)
 
     def int_repr(self) -> Tensor:
         """The integer codes, unpacked, in the tensor's shape."""
@@ -89,13 +110,13 @@ class QTensor:
         numel = 1
         for d in self.shape:
             numel *= d
-        return unpack(self.data, scheme.bits, scheme.signed, numel).reshape(self.shape)
+        return unpack(self.data, scheme.bits, scheme.format.signed, numel).reshape(self.shape)
 
-    def dequantize(self) -> Tensor:
-        """r̂ = S · (q − Z) as float32."""
+    def dequantize(self, dtype: torch.dtype | None = None) -> Tensor:
+        """r̂ = S · (q − Z), in ``dtype`` (default: the dtype it was quantized from)."""
         from zeropoint.functional import dequantize_int
 
-        return dequantize_int(self.int_repr(), self.qparams)
+        return dequantize_int(self.int_repr(), self.qparams, dtype or self.dtype)
 
     @property
     def scale(self) -> Tensor:

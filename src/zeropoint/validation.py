@@ -37,3 +37,25 @@ def check_tensor(x: object, what: str = "input") -> Tensor:
     if not x.is_floating_point():
         raise TypeError(f"{what} must be a floating-point tensor, got dtype {x.dtype}")
     return x
+
+
+def check_codes(q: Tensor, qmin: int, qmax: int, what: str) -> None:
+    """Raise TypeError unless ``q`` holds integers, and ValueError naming the first code outside
+    [qmin, qmax] (``what`` names the format). Free when the dtype cannot hold such a code, e.g.
+    int8 codes of a full-range 8-bit scheme."""
+    if not isinstance(q, Tensor):
+        raise TypeError(f"integer codes must be a torch.Tensor, got {type(q).__name__}")
+    if q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
+        raise TypeError(f"expected integer codes, got dtype {q.dtype}")
+    info = torch.iinfo(q.dtype)
+    if (info.min >= qmin and info.max <= qmax) or q.numel() == 0:
+        return
+    wide = q if q.dtype in (torch.int8, torch.uint8, torch.int16, torch.int32) else q.long()
+    lo, hi = torch.aminmax(wide)
+    if int(lo) < qmin or int(hi) > qmax:
+        bad = int(lo) if int(lo) < qmin else int(hi)
+        where = tuple(int(i) for i in (wide == bad).nonzero()[0].tolist()) if q.dim() else ()
+        raise ValueError(
+            f"code {bad} (at index {where}) is outside the range [{qmin}, {qmax}] of {what}: "
+            "these codes were not produced by this scheme"
+        )

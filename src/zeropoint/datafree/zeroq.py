@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zeropoint.ptq.simulation import simulate
 from zeropoint.workflows.config import QuantConfig, int8_static
 from zeropoint.workflows.qat import freeze_bn, prepare_qat
-from zeropoint.workflows.static import convert, quantize_static
+from zeropoint.workflows.static import convert
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 REPORT_KEY = "_zeropoint_zeroq"
@@ -222,7 +223,7 @@ def zeroq_quantize(
         _batchnorms(model)
     seconds = time.perf_counter() - t0
     batches = [distilled[i : i + batch_size] for i in range(0, distilled.shape[0], batch_size)]
-    model_q = quantize_static(model, batches, config or int8_static(), progress=progress)
+    model_q = simulate(model, batches, config or int8_static(), progress=progress)
     loss = statistics_loss(model, distilled)
     model_q.__dict__[REPORT_KEY] = ZeroQReport(1, distilled.shape[0], loss, seconds)
     return model_q

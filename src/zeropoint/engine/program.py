@@ -1,21 +1,23 @@
 """Lowering a simulated model to an integer-only program, and running it.
 
 `to_integer(model_q, example_input)` reads the lowering IR (`zeropoint.lowering`: every edge's
-(S, Z), every layer's quantized weights) and prepares one step per operation:
+(S, Z), every layer's integer weights and tables) and asks the operator table
+(`zeropoint.ops`) for each operation's kernel, prepared once:
 
-    quantize (float → uint8/int8, once at the input)
-    conv2d / conv_transpose2d / linear   int8 × int8 → int32 (+ int32 bias) → M0·2^−n → int8
-    add / cat                            rescale both inputs to the output grid
-    max pool, flatten, reshape           on the codes
-    average pools                        integer sum × M0·2^−n
-    dequantize (int → float, once at the output)
+    quantize                              float → uint8/int8, once at each input
+    conv / linear / channel affine        int8 × int8 → int32 (+ int32 bias) → M0·2^−n → int8
+    element-wise ops, concatenation       tables computed from the simulation's arithmetic
+    max pool, reshape, slicing, padding   on the codes
+    average pools, means                  integer sums × M0·2^−n
+    dequantize                            int → float, once at each output
 
 Between the input quantize and the output dequantize no float arithmetic touches the data
-(float BLAS is used only as an exact integer GEMM, see `kernels`). An operation without an
-integer kernel runs in float between an explicit dequantize / quantize pair and is listed in
-``program.fallbacks``.
+(float BLAS runs only as an exact integer GEMM, see `kernels`). An operation that the table does
+not know runs in float between a dequantize and a quantize and is listed in ``fallbacks`` by its
+module path.
 
-``program(x)`` takes and returns float tensors; ``program.run_int(q)`` integer tensors.
+``program(x)`` takes and returns float tensors (quantize → integer steps → dequantize);
+``program.run_int(q)`` takes the input quantizers' codes and returns the output codes.
 ``program.save(dir)`` / ``IntegerProgram.load(dir)`` use safetensors + JSON (no pickle).
 """
 
@@ -31,53 +33,35 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, fx, nn
 
-from zeropoint.engine import conv as conv_k
-from zeropoint.engine import conv_transpose as convt_k
-from zeropoint.engine import elementwise as ew
-from zeropoint.engine import kernels as lin_k
 from zeropoint.engine.program_io import op_from_json, op_to_json
-from zeropoint.engine.requantize import Requantizer, activation_range
 from zeropoint.functional import dequantize_int, quantize_int
-from zeropoint.lowering import QGraph, QOp, build_qgraph, quantize_bias
+from zeropoint.lowering import QGraph, QOp, build_qgraph
+from zeropoint.ops.common import (
+    REQUANTIZATIONS,
+    byte_index,
+    check_integer_grids,
+    engine_dtype,
+    gather,
+    levels,
+)
+from zeropoint.ops.table import spec_for
 from zeropoint.qparams import QParams
 from zeropoint.report.files import atomic_path, atomic_write_text, check_writable_dir
+from zeropoint.workflows.graph import state_of
 
-ROUNDING = "single"  # one rounding of acc·M0·2^−n (TFLite's single-rounding mode): see to_integer
-
-
-def _dtype(qp: QParams) -> torch.dtype:
-    if qp.scheme.bits > 8:
-        raise ValueError(f"the integer engine runs ≤ 8-bit activations, got {qp.scheme}")
-    return torch.int8 if qp.scheme.signed else torch.uint8
-
-
-def _scalar(qp: QParams | None, what: str) -> tuple[float, int]:
-    if qp is None:
-        raise ValueError(f"{what} is not quantized: the integer engine needs its (S, Z)")
-    if qp.scale.dim() != 0:
-        raise ValueError(f"{what} must be quantized per tensor, got {qp.scheme}")
-    return float(qp.scale), int(qp.zero_point)
-
-
-def _out_range(op: QOp) -> tuple[int, int]:
-    """The output clamp: the scheme's [qmin, qmax] narrowed by a fused ReLU/ReLU6."""
-    qp = op.out_qparams
-    assert qp is not None
-    lo, hi = activation_range(op.act, float(qp.scale), int(qp.zero_point), _dtype(qp))
-    return max(lo, qp.qmin), min(hi, qp.qmax)
+ROUNDING = "float32"  # ONNX Runtime's requantization: see to_integer
+FORMAT, VERSION = "zeropoint-integer-program", 2
+#: operations that need the model's Python code: a program holding them cannot be saved
+_CODE_KINDS = ("float", "python")
 
 
 @dataclass
 class Step:
-    """One prepared operation: ``run(values)`` reads its input edges and returns its output.
-
-    ``run`` is bound once by `_bind` with every constant it needs (weights, requantizers,
-    tables), so executing a step is one call with no dispatch on its kind.
-    """
+    """One prepared operation: ``run(values)`` reads its inputs from ``values`` (edge → tensor)
+    and returns its output; every constant is bound once when the program is built."""
 
     op: QOp
-    params: dict[str, Any] = field(default_factory=dict)
-    run: Callable[[dict[str, Tensor]], Tensor] = field(init=False, repr=False, compare=False)
+    run: Callable[[dict[str, Any]], Any] = field(repr=False)
 
     @property
     def kind(self) -> str:
@@ -95,43 +79,57 @@ class IntegerProgram:
     # ------------------------------------------------------------------ execution
     @property
     def fallbacks(self) -> list[str]:
-        """The operations that run in float between a dequantize and a quantize."""
-        return [s.op.output for s in self.steps if s.kind == "float"]
+        """Where the operations that run in float come from (module paths)."""
+        return [s.op.where or s.op.output for s in self.steps if s.kind == "float"]
 
     @property
-    def input_qparams(self) -> list[QParams | None]:
-        return [self._input_quant(name) for name in self.graph.inputs]
+    def input_qparams(self) -> list[Any]:
+        """The (S, Z) of each input's quantizer (None for an input used in float)."""
+        steps = [self._input_quant(name) for name in self.graph.inputs]
+        return [None if s is None else s.op.out_qparams for s in steps]
 
-    def _input_quant(self, name: str) -> QParams | None:
+    def _input_quant(self, name: str) -> Step | None:
         for s in self.steps:
             if s.kind == "quantize" and s.op.inputs[0] == name:
-                return s.op.out_qparams
+                return s
         return None
 
     def __call__(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         """Float in, float out: quantize → integer steps → dequantize."""
+        if len(inputs) != len(self.graph.inputs):
+            raise ValueError(
+                f"the program takes {len(self.graph.inputs)} input(s) "
+                f"({', '.join(self.graph.inputs)}), got {len(inputs)}"
+            )
         values = self._run(dict(zip(self.graph.inputs, inputs, strict=True)), stop_at_int=False)
         outs = tuple(values[name].contiguous() for name in self.graph.outputs)
         return outs[0] if len(outs) == 1 else outs
 
     def run_int(self, *q_inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
-        """Integer codes in (of the input quantizers' grids), integer codes out."""
-        values: dict[str, Tensor] = {}
+        """Integer codes in (on the input quantizers' grids), integer codes out."""
+        values: dict[str, Any] = {}
         for name, q in zip(self.graph.inputs, q_inputs, strict=True):
-            quant = next(s for s in self.steps if s.kind == "quantize" and s.op.inputs[0] == name)
+            quant = self._input_quant(name)
+            if quant is None:
+                raise ValueError(f"input {name} is not quantized: pass it to program(...)")
             values[quant.op.output] = q
         values = self._run(values, stop_at_int=True)
         outs = tuple(values[name].contiguous() for name in self._int_outputs())
         return outs[0] if len(outs) == 1 else outs
 
+    def run_op(self, op_output: str, inputs: list[Tensor]) -> Tensor:
+        """One operation alone, on the given input codes (for per-layer comparisons)."""
+        step = next(s for s in self.steps if s.op.output == op_output)
+        return step.run(dict(zip(step.op.inputs, inputs, strict=True)))  # type: ignore[no-any-return]
+
     def _int_outputs(self) -> list[str]:
         by_output = {s.op.output: s for s in self.steps}
         return [
-            by_output[n].op.inputs[0] if by_output[n].kind == "dequantize" else n
+            by_output[n].op.inputs[0] if n in by_output and by_output[n].kind == "dequantize" else n
             for n in self.graph.outputs
         ]
 
-    def _run(self, values: dict[str, Tensor], stop_at_int: bool) -> dict[str, Tensor]:
+    def _run(self, values: dict[str, Any], stop_at_int: bool) -> dict[str, Any]:
         with torch.no_grad():
             for step in self.steps:
                 if step.op.output in values:
@@ -151,8 +149,8 @@ class IntegerProgram:
                 if qp is not None and qp.scale.dim() == 0
                 else "float"
             )
-            kind = s.kind + (f"+{s.op.act}" if s.op.act else "")
-            lines.append(f"  {kind:<26} {','.join(s.op.inputs):<26} -> {s.op.output:<18} {grid}")
+            kind = s.kind + ("+clip" if s.op.clip is not None else "")
+            lines.append(f"  {kind:<22} {s.op.where or s.op.output:<28} -> {grid}")
         if self.fallbacks:
             lines.append(f"  float fallbacks: {', '.join(self.fallbacks)}")
         return "\n".join(lines)
@@ -162,24 +160,19 @@ class IntegerProgram:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        """Write the program as safetensors (integer weights, biases) + JSON (everything else)."""
-        if self.fallbacks:
+        """Write the program as safetensors (integer weights, biases, tables) + JSON."""
+        code = [s.op.where or s.op.output for s in self.steps if s.kind in _CODE_KINDS]
+        if code:
             raise ValueError(
-                f"a program with float fallbacks ({', '.join(self.fallbacks)}) references torch "
-                "code and cannot be saved without pickle"
+                f"a program with float fallbacks ({', '.join(code)}) references the model's "
+                "Python code and cannot be saved without pickle"
             )
         directory = check_writable_dir(Path(path))
         tensors: dict[str, Tensor] = {}
-        steps = []
-        for i, s in enumerate(self.steps):
-            entry = op_to_json(s.op)
-            for key in ("q_w", "bias_q"):
-                if key in s.params and s.params[key] is not None:
-                    tensors[f"{i}.{key}"] = s.params[key].contiguous()
-            steps.append(entry)
+        steps = [op_to_json(s.op, i, tensors) for i, s in enumerate(self.steps)]
         doc = {
-            "format": "zeropoint-integer-program",
-            "version": 1,
+            "format": FORMAT,
+            "version": VERSION,
             "rounding": self.rounding,
             "inputs": self.graph.inputs,
             "outputs": self.graph.outputs,
@@ -201,224 +194,144 @@ class IntegerProgram:
             raise FileNotFoundError(f"{directory} is not a saved integer program: {exc}") from exc
         except (json.JSONDecodeError, ValueError, OSError) as exc:
             raise ValueError(f"{directory} holds a malformed integer program: {exc}") from exc
-        if doc.get("format") != "zeropoint-integer-program" or doc.get("version") != 1:
-            raise ValueError(f"{directory} is not a zeropoint integer program (version 1)")
-        ops = []
-        for i, e in enumerate(doc["steps"]):
-            op = op_from_json(e)
-            op.attrs.update(
-                {k: tensors[f"{i}.{k}"] for k in ("q_w", "bias_q") if f"{i}.{k}" in tensors}
+        if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+            raise ValueError(
+                f"{directory} is not a zeropoint integer program of version {VERSION} "
+                f"(format {doc.get('format')!r}, version {doc.get('version')!r})"
             )
-            ops.append(op)
-        edges = {op.output: op.out_qparams for op in ops}
-        edges.update({name: None for name in doc["inputs"]})
+        try:
+            ops = [op_from_json(e, tensors) for e in doc["steps"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{directory} holds a malformed integer program: {exc}") from exc
+        edges: dict[str, QParams | None] = {name: None for name in doc["inputs"]}
+        edges.update({op.output: op.out_qparams for op in ops})
         shapes = {k: tuple(v) for k, v in doc["shapes"].items()}
         graph = QGraph(ops, edges, doc["inputs"], doc["outputs"], shapes)
-        return _prepare(graph, doc["rounding"], stored=True)
+        return _prepare(graph, doc["rounding"])
 
 
 # ---------------------------------------------------------------------- preparation
 
 
-def to_integer(model: nn.Module, example_inputs: Any, rounding: str = ROUNDING) -> IntegerProgram:
+def to_integer(
+    model: nn.Module, example_inputs: Any, rounding: str | None = None
+) -> IntegerProgram:
     """Lower a converted (simulated) model to an integer-only program.
 
-    ``rounding``: "single" (default) rounds acc·M0·2^−n once, half away from zero, which is the
-    real-number formula to within M's 2^−31 approximation and agrees with ONNX Runtime's float
-    requantization except at exact ties; "double" is gemmlowp's SaturatingRoundingDoublingHighMul
-    followed by RoundingDivideByPOT, bit for bit (it moves ~2^−(n−30) of the outputs by one code).
+    ``rounding`` (default: the config's ``requantization``, which the converted simulation uses
+    too) — how a layer's int32 accumulator becomes an output code:
+
+    * "float32": ONNX Runtime's arithmetic, rne(fl32(acc)·fl32(fl32(S_x·S_w)/S_y)) — the program,
+      the simulation and ONNX Runtime running the export then give the same codes;
+    * "single": acc·M0·2^−n rounded once, half away from zero (TFLite's single rounding) — the
+      fixed-point form for targets without float;
+    * "double": gemmlowp's SaturatingRoundingDoublingHighMul then RoundingDivideByPOT, bit for bit.
+
+    Average pools and means divide exactly and round half to even under "float32" (as ONNX
+    Runtime and the simulation average in float), and use M0·2^−n under "single" / "double".
     """
-    if rounding not in ("single", "double"):
-        raise ValueError(f"rounding={rounding!r}: expected 'single' or 'double'")
-    return _prepare(build_qgraph(model, example_inputs), rounding, stored=False)
+    if rounding is None:
+        rounding = state_of(model).config.requantization
+    if rounding not in REQUANTIZATIONS:
+        raise ValueError(f"rounding={rounding!r}: expected one of {REQUANTIZATIONS}")
+    graph = build_qgraph(model, example_inputs)
+    check_integer_grids(graph)  # fp8 / fp4 grids have no integer kernels
+    return _prepare(graph, rounding)
 
 
-def _prepare(graph: QGraph, rounding: str, stored: bool) -> IntegerProgram:
-    steps = [_prepare_step(op, graph, rounding, stored) for op in graph.ops]
-    for step in steps:
-        step.run = _bind(step, graph)
+def _prepare(graph: QGraph, rounding: str) -> IntegerProgram:
+    steps = [Step(op, _bind(op, graph, rounding)) for op in graph.ops]
     return IntegerProgram(graph, steps, rounding)
 
 
-def _layer_codes(op: QOp, graph: QGraph, stored: bool) -> tuple[Tensor, Tensor | None, QParams]:
-    wqp: QParams = op.attrs["weight_qparams"]
-    if stored:
-        return op.attrs["q_w"], op.attrs.get("bias_q"), wqp
-    if wqp.scheme.bits > 8 or not wqp.scheme.symmetric or int(wqp.zero_point.abs().max()) != 0:
-        raise ValueError(
-            f"layer {op.output}: the engine needs symmetric ≤ 8-bit weights, got {wqp.scheme}"
-        )
-    module: Any = op.module
-    q_w = quantize_int(module.float_weight.detach(), wqp).to(torch.int8)
-    bias_q = None
-    if module.bias is not None:
-        x_qp = graph.edges[op.inputs[0]]
-        assert x_qp is not None
-        bias_q = quantize_bias(module.bias.detach(), x_qp, wqp)[1].to(torch.int32)
-    return q_w, bias_q, wqp
+def _bind(op: QOp, graph: QGraph, rounding: str) -> Callable[[dict[str, Any]], Any]:
+    """The step as a closure over its prepared constants: one call per execution."""
+    ins = op.inputs
+    builtin = _BUILTINS.get(op.kind)
+    if builtin is not None:
+        return builtin(op, graph)
+    spec = spec_for(op.kind)
+    if spec.kernel is None:
+        raise ValueError(f"operation {op.kind!r} ({op.where}) has no integer kernel")
+    try:
+        kernel = spec.kernel(op, graph, rounding)
+    except ValueError as exc:
+        raise ValueError(f"{op.where or op.output} ({op.kind}): {exc}") from exc
+    if len(ins) == 1:
+        i0 = ins[0]
+        return lambda v: kernel([v[i0]])
+    return lambda v: kernel([v[i] for i in ins])
 
 
-def _prepare_step(op: QOp, graph: QGraph, rounding: str, stored: bool) -> Step:
-    kind = op.kind
-    if kind in ("quantize", "dequantize", "float", "flatten", "reshape", "max_pool2d"):
-        return Step(op)
-    if kind in ("relu", "relu6"):
-        sx, zx = _scalar(op.out_qparams, op.output)
-        lo, hi = activation_range(kind, sx, zx, _dtype(op.out_qparams))  # type: ignore[arg-type]
-        return Step(op, {"lo": lo, "hi": hi})
-    s_x, z_x = _scalar(graph.edges[op.inputs[0]], f"input of {op.output}")
-    if op.out_qparams is None:
-        raise ValueError(f"{op.output} ({kind}) has no output quantizer: it cannot run in integers")
-    s_y, z_y = _scalar(op.out_qparams, f"output of {op.output}")
-    dtype = _dtype(op.out_qparams)
-    lo, hi = _out_range(op)
-    if kind in ("conv2d", "conv_transpose2d", "linear"):
-        q_w, bias_q, wqp = _layer_codes(op, graph, stored)
-        multiplier = wqp.scale.double() * s_x / s_y
-        if multiplier.dim() == 0:
-            multiplier = (
-                multiplier.reshape(1)
-                .expand(q_w.shape[1 if kind == "conv_transpose2d" else 0])
-                .clone()
-            )
-        requant = Requantizer.from_multiplier(multiplier, z_y, dtype, lo, hi, rounding)  # type: ignore[arg-type]
-        a = op.attrs
-        w: lin_k.LinearWeights | conv_k.Conv2dWeights | convt_k.ConvTranspose2dWeights
-        if kind == "linear":
-            w = lin_k.prepare_linear(q_w, bias_q)
-        elif kind == "conv2d":
-            w = conv_k.prepare_conv2d(
-                q_w, bias_q, a["stride"], a["padding"], a["dilation"], a["groups"]
-            )
-        else:
-            w = convt_k.prepare_conv_transpose2d(
-                q_w,
-                bias_q,
-                a["stride"],
-                a["padding"],
-                a["output_padding"],
-                a["groups"],
-                a["dilation"],
-            )
-        return Step(
-            op, {"weights": w, "requant": requant, "q_w": q_w, "bias_q": bias_q, "z_x": z_x}
-        )
-    if kind == "add":
-        s_b, z_b = _scalar(graph.edges[op.inputs[1]], f"second input of {op.output}")
-        add_params = ew.prepare_add(s_x, z_x, s_b, z_b, s_y, z_y, dtype, op.act)
-        return Step(op, {"add": add_params, "lo": lo, "hi": hi})
-    if kind == "cat":
-        grids = [_scalar(graph.edges[i], f"input {i} of {op.output}") for i in op.inputs]
-        cat_params = ew.prepare_concat(
-            [g[0] for g in grids], [g[1] for g in grids], s_y, z_y, dtype
-        )
-        return Step(op, {"cat": cat_params})
-    if kind in ("avg_pool2d", "adaptive_avg_pool2d"):
-        return Step(op, {"s_x": s_x, "z_x": z_x, "s_y": s_y, "z_y": z_y})
-    raise ValueError(f"no integer kernel for {kind!r}")
+def _quantize(op: QOp, graph: QGraph) -> Callable[[dict[str, Any]], Any]:
+    qp, i0 = op.out_qparams, op.inputs[0]
+    assert qp is not None
+    dtype = engine_dtype(qp, f"input {i0}")
+    return lambda v: quantize_int(v[i0].float(), qp).to(dtype)
 
 
-# ---------------------------------------------------------------------- execution
+def _requantize(op: QOp, graph: QGraph) -> Callable[[dict[str, Any]], Any]:
+    """Codes onto another grid: the table T[q] = Q_y(S_x·(q − Z_x)), as the simulation does."""
+    src, qp, i0 = graph.edges[op.inputs[0]], op.out_qparams, op.inputs[0]
+    assert src is not None and qp is not None
+    table = quantize_int(levels(src), qp).to(engine_dtype(qp, op.where))
+    return lambda v: gather(table, byte_index(v[i0]))
 
 
-def _bind(step: Step, graph: QGraph) -> Callable[[dict[str, Tensor]], Tensor]:
-    """The step as a closure over its prepared constants. Activations stay (N, C, H, W) in the
-    memory format the kernels produce (channels-last), so no layer copies into a layout."""
-    op, p, kind = step.op, step.params, step.op.kind
-    i0 = op.inputs[0] if op.inputs else ""
-    if kind == "quantize":
-        qp = op.out_qparams
-        assert qp is not None
-        dtype = _dtype(qp)
-        return lambda v: quantize_int(v[i0].float(), qp).to(dtype)
-    if kind == "dequantize":
-        in_qp = graph.edges[i0]
-        assert in_qp is not None
-        return lambda v: dequantize_int(v[i0], in_qp)
-    if kind == "float":
-        return lambda v: _run_float(op, v, graph)
-    if kind in ("conv2d", "conv_transpose2d", "linear"):
-        z_x, w, rq = p["z_x"], p["weights"], p["requant"]
-        if kind == "conv2d":
-            return lambda v: conv_k.conv2d_nchw(v[i0], z_x, w, rq)
-        if kind == "linear":
-            return lambda v: lin_k.linear(v[i0], z_x, w, rq)
-        return lambda v: convt_k.conv_transpose2d_nchw(v[i0], z_x, w, rq)
-    if kind == "add":
-        add_p: ew.AddParams = p["add"]
-        if (p["lo"], p["hi"]) != (add_p.output.qmin, add_p.output.qmax):
-            add_p = add_p.clamped(p["lo"], p["hi"])  # the clamp rides in the add's table
-        i1 = op.inputs[1]
-        return lambda v: ew.add(v[i0], v[i1], add_p)
-    if kind == "cat":
-        dim = int(op.attrs["dim"])
-        return lambda v: ew.concat([v[i] for i in op.inputs], p["cat"], dim)
-    a = op.attrs
-    if kind == "max_pool2d":
-        pool = (a["kernel_size"], a.get("stride") or a["kernel_size"], a.get("padding", 0),
-                a.get("dilation", 1), bool(a.get("ceil_mode", False)))  # fmt: skip
-        return lambda v: ew.max_pool2d_nchw(v[i0], *pool)
-    if kind == "avg_pool2d":
-        return lambda v: ew.avg_pool2d(
-            v[i0], p["z_x"], a["kernel_size"], a.get("stride") or a["kernel_size"],
-            a.get("padding", 0), bool(a.get("ceil_mode", False)),
-            bool(a.get("count_include_pad", True)), x_scale=p["s_x"], out_scale=p["s_y"],
-            out_zero_point=p["z_y"],
-        )  # fmt: skip
-    if kind == "adaptive_avg_pool2d":
-        size = a.get("output_size", 1)
-        if (size if isinstance(size, int) else tuple(size)) not in (1, (1, 1)):
-            raise ValueError(f"adaptive average pooling to {size} has no integer kernel")
-        requants: dict[int, Requantizer] = {}  # one per input size H·W
-
-        def gap(v: dict[str, Tensor]) -> Tensor:
-            x = v[i0]
-            count = x.shape[2] * x.shape[3]
-            if count not in requants:
-                if count == 0:
-                    raise ValueError(f"global average pooling of an empty {tuple(x.shape)}")
-                requants[count] = ew.pool_requantizer(count, p["s_x"], p["s_y"], p["z_y"], x.dtype)
-            return ew.global_avg_pool2d_nchw(x, p["z_x"], requants[count])
-
-        return gap
-    if kind == "flatten":
-        start, end = int(a.get("start_dim", 1)), int(a.get("end_dim", -1))
-        return lambda v: torch.flatten(v[i0], start, end)
-    if kind == "reshape":
-        return lambda v: v[i0].reshape(v[i0].shape[0], *op.shape[1:])
-    if kind in ("relu", "relu6"):
-        return lambda v: ew.clamp(v[i0], p["lo"], p["hi"])
-    raise ValueError(f"no integer kernel for {kind!r}")
+def _dequantize(op: QOp, graph: QGraph) -> Callable[[dict[str, Any]], Any]:
+    qp, i0 = graph.edges[op.inputs[0]], op.inputs[0]
+    assert qp is not None
+    return lambda v: dequantize_int(v[i0], qp)
 
 
-def _run_float(op: QOp, values: dict[str, Tensor], graph: QGraph) -> Tensor:
+def _constant(op: QOp, graph: QGraph) -> Callable[[dict[str, Any]], Any]:
+    value = op.attrs["value"]
+    return lambda v: value
+
+
+def _python(op: QOp, graph: QGraph) -> Callable[[dict[str, Any]], Any]:
+    """A non-tensor node (x.size(0), tuple indexing): evaluated on the values it reads."""
+    return lambda v: _evaluate(op, v, graph, dequantize=False)
+
+
+def _float(op: QOp, graph: QGraph) -> Callable[[dict[str, Any]], Any]:
     """A fallback: dequantize the inputs, run the original torch op, return a float tensor."""
+    return lambda v: _evaluate(op, v, graph, dequantize=True)
+
+
+def _evaluate(op: QOp, values: dict[str, Any], graph: QGraph, dequantize: bool) -> Any:
     node = op.node
     if node is None:
-        raise ValueError(f"fallback {op.output} has no torch operation to run")
-    float_inputs = {
-        name: dequantize_int(values[name], qp)
-        if (qp := graph.edges.get(name)) is not None
-        else values[name]
-        for name in op.inputs
-    }
-    lookup = dict(zip([n for n in _input_nodes(node)], op.inputs, strict=False))
+        raise ValueError(f"{op.where or op.output} has no torch operation to run")
+    edges: dict[str, str] = op.attrs.get("node_edges", {})
+    consts: dict[str, Any] = op.attrs.get("arg_values", {})
 
-    def arg(a: fx.Node) -> Tensor:
-        return float_inputs[lookup[a]]
+    def arg(n: fx.Node) -> Any:
+        edge = edges.get(n.name)
+        if edge is None or edge not in values:
+            return consts.get(n.name)  # a constant argument (e.g. a flag taken as constant)
+        value = values[edge]
+        qp = graph.edges.get(edge)
+        if dequantize and qp is not None and isinstance(value, Tensor):
+            return dequantize_int(value, qp)
+        return value
 
     args = fx.node.map_arg(node.args, arg)
     kwargs = fx.node.map_arg(node.kwargs, arg)
     if node.op == "call_module":
         assert op.module is not None
-        return op.module(*args, **kwargs)  # type: ignore[no-any-return]
+        return op.module(*args, **kwargs)
     if node.op == "call_method":
         self_arg, *rest = args
-        return getattr(self_arg, str(node.target))(*rest, **kwargs)  # type: ignore[no-any-return]
-    return node.target(*args, **kwargs)  # type: ignore[operator,no-any-return]
+        return getattr(self_arg, str(node.target))(*rest, **kwargs)
+    return node.target(*args, **kwargs)  # type: ignore[operator]
 
 
-def _input_nodes(node: fx.Node) -> list[fx.Node]:
-    from zeropoint.workflows.graph import tensor_inputs
-
-    return tensor_inputs(node)
+_BUILTINS: dict[str, Callable[[QOp, QGraph], Callable[[dict[str, Any]], Any]]] = {
+    "quantize": _quantize,
+    "requantize": _requantize,
+    "dequantize": _dequantize,
+    "constant": _constant,
+    "python": _python,
+    "float": _float,
+}

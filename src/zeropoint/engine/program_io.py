@@ -1,17 +1,18 @@
-"""An `IntegerProgram`'s operations as JSON (the non-tensor half of ``program.save``): QParams
-and layer attributes as plain values, so a saved program needs no pickle."""
+"""An `IntegerProgram`'s operations as safetensors + JSON (no pickle): QParams and attributes as
+plain values, every tensor attribute (weight and bias codes, tables) in the safetensors file."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from zeropoint.lowering import QOp
 from zeropoint.qparams import QParams, Scheme
 
 
-def _qp_json(qp: QParams | None) -> dict[str, Any] | None:
+def qparams_json(qp: QParams | None) -> dict[str, Any] | None:
     if qp is None:
         return None
     return {
@@ -26,7 +27,7 @@ def _qp_json(qp: QParams | None) -> dict[str, Any] | None:
     }
 
 
-def _qp_from(d: dict[str, Any] | None) -> QParams | None:
+def qparams_from_json(d: dict[str, Any] | None) -> QParams | None:
     if d is None:
         return None
     shape = tuple(d["shape"])
@@ -38,50 +39,49 @@ def _qp_from(d: dict[str, Any] | None) -> QParams | None:
     )
 
 
-_LAYER_ATTRS = ("stride", "padding", "dilation", "groups", "output_padding")
-
-
-def op_to_json(op: QOp) -> dict[str, Any]:
-    """One operation as JSON: kind, edges, grids, activation, shape and its attributes."""
+def op_to_json(op: QOp, index: int, tensors: dict[str, Tensor]) -> dict[str, Any]:
+    """One operation as JSON; its tensor attributes go into ``tensors`` (keys "i.name[.j]")."""
     attrs: dict[str, Any] = {}
-    for k, v in op.attrs.items():
-        if k == "weight_qparams":
-            attrs[k] = _qp_json(v)
-        elif isinstance(v, int | float | bool | str | type(None)):
-            attrs[k] = v
-        elif isinstance(v, tuple | list):
-            attrs[k] = list(v)
-    module: Any = op.module
-    if op.kind in ("conv2d", "conv_transpose2d") and module is not None:
-        for k in _LAYER_ATTRS:
-            if hasattr(module, k):
-                v = getattr(module, k)
-                attrs[k] = list(v) if isinstance(v, tuple) else v
+    for key, value in op.attrs.items():
+        if isinstance(value, Tensor):
+            tensors[f"{index}.{key}"] = value.contiguous()
+            attrs[key] = {"tensor": f"{index}.{key}"}
+        elif isinstance(value, list) and value and all(isinstance(v, Tensor) for v in value):
+            for j, v in enumerate(value):
+                tensors[f"{index}.{key}.{j}"] = v.contiguous()
+            attrs[key] = {"tensors": [f"{index}.{key}.{j}" for j in range(len(value))]}
+        else:
+            attrs[key] = value
     return {
         "kind": op.kind,
         "inputs": op.inputs,
         "output": op.output,
-        "out_qparams": _qp_json(op.out_qparams),
-        "act": op.act,
+        "out_qparams": qparams_json(op.out_qparams),
+        "clip": None if op.clip is None else [float(op.clip[0]), float(op.clip[1])],
+        "where": op.where,
         "shape": list(op.shape),
         "attrs": attrs,
     }
 
 
-def op_from_json(e: dict[str, Any]) -> QOp:
-    """The inverse of `op_to_json` (integer weights are attached by the caller)."""
-    attrs = dict(e["attrs"])
-    if "weight_qparams" in attrs:
-        attrs["weight_qparams"] = _qp_from(attrs["weight_qparams"])
-    for k in ("kernel_size", "stride", "padding", "dilation", "output_padding", "output_size"):
-        if isinstance(attrs.get(k), list):
-            attrs[k] = tuple(attrs[k])
+def op_from_json(e: dict[str, Any], tensors: dict[str, Tensor]) -> QOp:
+    """The inverse of `op_to_json`."""
+    attrs: dict[str, Any] = {}
+    for key, value in e["attrs"].items():
+        if isinstance(value, dict) and "tensor" in value:
+            attrs[key] = tensors[value["tensor"]]
+        elif isinstance(value, dict) and "tensors" in value:
+            attrs[key] = [tensors[k] for k in value["tensors"]]
+        else:
+            attrs[key] = value
+    clip = e.get("clip")
     return QOp(
         e["kind"],
-        e["inputs"],
+        list(e["inputs"]),
         e["output"],
-        _qp_from(e["out_qparams"]),
-        e["act"],
+        qparams_from_json(e["out_qparams"]),
+        None if clip is None else (float(clip[0]), float(clip[1])),
         attrs,
-        shape=tuple(e["shape"]),
+        e.get("where", ""),
+        tuple(e["shape"]),
     )

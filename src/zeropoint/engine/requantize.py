@@ -379,3 +379,70 @@ class Requantizer:
             fb = _fixed_map(f, functools.partial(_row_slice, start=r0, stop=r1)) if per_row else f
             t = src[r0:r1].to(torch.int64, copy=True)
             dst[r0:r1].copy_(_mbqm_(t, fb).clamp_(self.qmin, self.qmax))
+
+
+@dataclass(frozen=True, eq=False)
+class Float32Requantizer:
+    """ONNX Runtime's output stage, bit for bit: q_y = clamp(rne(fl32(acc)·M32), qmin − Z,
+    qmax − Z) + Z with the float32 multiplier M32 = fl32(fl32(S_x·S_w) / S_y) (per channel), the
+    product rounded to float32 and then to the nearest integer, ties to even — what MLAS's
+    ``MlasRequantizeOutput`` computes for QLinearConv, QGemm and QLinearMatMul. The same
+    interface as `Requantizer` (``apply``, ``channels``), so a layer runs either arithmetic."""
+
+    scale: Tensor  # float32, () or (C,)
+    zero_point: int = 0
+    dtype: torch.dtype = torch.uint8
+    qmin: int | None = None
+    qmax: int | None = None
+
+    def __post_init__(self) -> None:
+        lo, hi = dtype_range(self.dtype)
+        qmin = lo if self.qmin is None else int(self.qmin)
+        qmax = hi if self.qmax is None else int(self.qmax)
+        if not lo <= qmin <= qmax <= hi:
+            raise ValueError(f"clamp [{qmin}, {qmax}] must lie inside {self.dtype}'s [{lo}, {hi}]")
+        object.__setattr__(self, "qmin", qmin)
+        object.__setattr__(self, "qmax", qmax)
+        object.__setattr__(self, "scale", self.scale.to(torch.float32))
+
+    @classmethod
+    def from_scales(
+        cls, input_scale: float, weight_scale: float | Tensor, output_scale: float,
+        zero_point: int = 0, dtype: torch.dtype = torch.uint8, qmin: int | None = None,
+        qmax: int | None = None,
+    ) -> Float32Requantizer:  # fmt: skip
+        """M32 = fl32(fl32(S_x·S_w) / S_y), in ONNX Runtime's order of operations."""
+        s_x = torch.tensor(float(input_scale), dtype=torch.float32)
+        s_y = torch.tensor(float(output_scale), dtype=torch.float32)
+        s_w = torch.as_tensor(weight_scale, dtype=torch.float32)
+        return cls((s_x * s_w) / s_y, int(zero_point), dtype, qmin, qmax)
+
+    @property
+    def channels(self) -> int | None:
+        return None if self.scale.dim() == 0 else self.scale.numel()
+
+    def apply(self, acc: Tensor, channel_axis: int = -1, bound: int | None = None) -> Tensor:
+        """Requantize accumulators (integer-valued float32 / float64 or int32 / int64)."""
+        assert self.qmin is not None and self.qmax is not None
+        scale = self.scale
+        if scale.dim() == 1:
+            axis = channel_axis % acc.dim()
+            if acc.shape[axis] != scale.numel():
+                raise ValueError(
+                    f"{scale.numel()} per-channel scales do not match axis {channel_axis} of "
+                    f"the accumulator shape {tuple(acc.shape)}"
+                )
+            view = [1] * acc.dim()
+            view[axis] = -1
+            scale = scale.view(view)
+        y = acc.to(torch.float32) * scale
+        z = self.zero_point
+        y = y.clamp_(self.qmin - z, self.qmax - z).round_().add_(z)
+        return y.to(self.dtype)
+
+    def __call__(self, acc: Tensor, channel_axis: int = -1) -> Tensor:
+        if not isinstance(acc, Tensor) or acc.dtype not in (torch.int32, torch.int64):
+            got = acc.dtype if isinstance(acc, Tensor) else type(acc).__name__
+            raise TypeError(f"accumulator must be an int32 (or int64) tensor, got {got}")
+        _check_int32_range(acc, "accumulator")
+        return self.apply(acc, channel_axis)

@@ -1,360 +1,394 @@
-"""Checkpoints without pickle: safetensors for the tensors, JSON for every quantizer's encodings.
+"""Checkpoints without pickle: safetensors for the tensors, JSON for every quantizer's encodings,
+written as one atomic, verified unit.
 
-A checkpoint is a directory:
+    zp.save(model_q, "ckpt/")                  # a model returned by a zeropoint workflow
+    model_q = zp.load("ckpt/", ModelClass())   # rebuilt from the float architecture
 
-    model.safetensors   integer weight codes (int8; int4 and below packed two per byte), their
-                        scales and zero points, and every other tensor of the model (biases,
-                        unquantized layers) as float
-    encodings.json      format version, workflow, the QuantConfig, and per quantizer its scheme,
-                        axis, scales and zero points; which tensors are integer codes
+A checkpoint is a directory (layout and write protocol: `zeropoint.export.checkpoint_store`)::
 
-`zp.load(path, model)` rebuilds the quantized model from the float architecture (code, as with
-any state dict): it re-applies the saved config to ``model`` and loads the weights and encodings,
-refusing files that are missing, malformed or do not fit the model with a clear error. Both files
-are written atomically.
+    encodings.json               format version, workflow, the QuantConfig; per quantized weight
+                                 and per frozen quantizer its scheme, axis, scales and zero points;
+                                 every tensor's dtype, shape and SHA-256; SHA-256 digests of the
+                                 document's own entries
+    model-<16 hex>.safetensors   integer weight codes (int8; 4 bits and below packed), long
+                                 scale lists, and every other tensor of ``model.state_dict()``
+                                 (biases, unquantized layers, buffers) as it is
+
+A save is all-or-nothing: killed at any instant, or failing on a full disk, it leaves the
+directory holding the complete previous checkpoint (if there was one) or the complete new one —
+never a mix — and the next successful save removes whatever a killed one left behind. Saving
+into a directory that holds a version 1 checkpoint replaces it the same way.
+
+`load(path, model)` rebuilds the quantized model from the float architecture ``model`` (code,
+as with any state dict; ``model`` itself is not modified): it re-applies the saved config to a
+copy and sets the weights and encodings. Loading is strict. It refuses, with an error naming the
+key or field: a checkpoint that is missing, incomplete or of another format or version; a
+document field of the wrong type or value; a document entry or tensor that changed after saving
+(SHA-256); a weight entry, quantizer encoding or tensor that the template lacks, or that the
+checkpoint lacks; a tensor of another shape or dtype; codes outside their scheme's range.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
+import copy
+import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from zeropoint.export.checkpoint_format import (
+    FORMAT,
+    VERSION,
+    Document,
+    QuantizerEntry,
+    WeightEntry,
+    decode_qparams,
+    encode_qparams,
+    referenced_tensors,
+)
+from zeropoint.export.checkpoint_store import read_checkpoint, tensor_table, write_checkpoint
+from zeropoint.export.json_codec import resolver_for
+from zeropoint.fold import output_channel_axis
 from zeropoint.functional import dequantize_int, quantize_int
 from zeropoint.nn.dynamic import DynamicQuantLinear
 from zeropoint.nn.modules import QuantMixin
 from zeropoint.nn.quantizers import FakeQuant
 from zeropoint.nn.weight_only import WeightOnlyEmbedding, WeightOnlyLinear
-from zeropoint.qparams import QParams, Scheme
+from zeropoint.qparams import QParams
 from zeropoint.qtensor import QTensor
-from zeropoint.report.files import atomic_path, atomic_write_text, check_writable_dir
-from zeropoint.workflows.config import LayerRule, QuantConfig
 from zeropoint.workflows.graph import state_of
 
-FORMAT = "zeropoint-checkpoint"
-VERSION = 1
-WEIGHTS = "model.safetensors"
-ENCODINGS = "encodings.json"
+CodedLayer = DynamicQuantLinear | WeightOnlyLinear | WeightOnlyEmbedding
+#: dtypes a safetensors file holds
+STORABLE = {
+    torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+    torch.int16, torch.int8, torch.uint8, torch.bool,
+    torch.float8_e4m3fn, torch.float8_e5m2,
+}  # fmt: skip
 
 
-def _scheme_json(s: Scheme | None) -> dict[str, Any] | None:
-    return None if s is None else asdict(s)
+# --------------------------------------------------------------------------- the model's parts
 
 
-def _scheme_from(d: dict[str, Any] | None) -> Scheme | None:
-    return None if d is None else Scheme(**d)
-
-
-def _type_name(t: type) -> str:
-    return f"{t.__module__}.{t.__qualname__}"
-
-
-def _resolve_type(name: str) -> type[nn.Module]:
-    module, _, qualname = name.rpartition(".")
-    if not module.startswith("torch.nn") and not module.startswith("zeropoint"):
-        raise ValueError(f"checkpoint names layer type {name!r}, which is not a torch.nn type")
-    import importlib
-
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj  # type: ignore[no-any-return]
-
-
-def config_to_json(c: QuantConfig) -> dict[str, Any]:
-    return {
-        "weight": _scheme_json(c.weight),
-        "activation": _scheme_json(c.activation),
-        "weight_observer": c.weight_observer,
-        "activation_observer": c.activation_observer,
-        "activation_observer_options": [list(kv) for kv in c.activation_observer_options],
-        "module_types": [_type_name(t) for t in c.module_types],
-        "rules": [
-            {
-                "name": r.name,
-                "types": [_type_name(t) for t in r.types],
-                "weight": _scheme_json(r.weight),
-                "activation": _scheme_json(r.activation),
-                "skip": r.skip,
-            }
-            for r in c.rules
-        ],
-        "skip": list(c.skip),
-        "dynamic": c.dynamic,
-        "per_token": c.per_token,
-        "first_last_bits": c.first_last_bits,
-        "fold_bn": c.fold_bn,
-        "learnable": c.learnable,
+def _quantized_parts(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, FakeQuant]]:
+    """(layers whose weight is stored as codes, by module name; every other FakeQuant)."""
+    layers: dict[str, nn.Module] = {}
+    weight_quants: set[int] = set()
+    for name, m in model.named_modules():
+        if isinstance(m, CodedLayer) or (isinstance(m, QuantMixin) and m.weight_quant is not None):
+            layers[name] = m
+            weight_quants.add(id(getattr(m, "weight_quant", None)))
+    quantizers = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, FakeQuant) and id(m) not in weight_quants
     }
+    return layers, quantizers
 
 
-def config_from_json(d: dict[str, Any]) -> QuantConfig:
-    return QuantConfig(
-        weight=_scheme_from(d["weight"]),
-        activation=_scheme_from(d["activation"]),
-        weight_observer=d["weight_observer"],
-        activation_observer=d["activation_observer"],
-        activation_observer_options=tuple(tuple(kv) for kv in d["activation_observer_options"]),
-        module_types=tuple(_resolve_type(t) for t in d["module_types"]),
-        rules=tuple(
-            LayerRule(
-                name=r["name"],
-                types=tuple(_resolve_type(t) for t in r["types"]),
-                weight=_scheme_from(r["weight"]),
-                activation=_scheme_from(r["activation"]),
-                skip=r["skip"],
-            )
-            for r in d["rules"]
-        ),
-        skip=tuple(d["skip"]),
-        dynamic=d["dynamic"],
-        per_token=d["per_token"],
-        first_last_bits=d["first_last_bits"],
-        fold_bn=d["fold_bn"],
-        learnable=d.get("learnable"),
-    )
+def _covered_keys(
+    state: dict[str, Tensor], layers: dict[str, nn.Module], quantizers: dict[str, FakeQuant]
+) -> set[str]:
+    """State-dict keys stored as codes and encodings rather than as tensors: a coded layer's
+    weight (its codes buffer; its weight quantizer's S and Z), every quantizer's S and Z. Any
+    other buffer — one a quantizer gains later, say — is saved and loaded as a tensor."""
+    covered: set[str] = set()
+    for name in layers:
+        covered |= {f"{name}.weight", f"{name}.weight_codes", f"{name}.weight_data"}
+        covered |= {f"{name}.weight_quant.scale", f"{name}.weight_quant.zero_point"}
+    for name in quantizers:
+        covered |= {f"{name}.scale", f"{name}.zero_point"}
+    return covered & state.keys()
 
 
-#: encodings with more scales than this keep them in the safetensors file (JSON names them)
-INLINE_SCALES = 64
-_SIDE_TENSORS = (".codes", ".qscale", ".qzero")
-
-
-def _encoding(
-    qp: QParams, tensors: dict[str, Tensor] | None = None, key: str = ""
-) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "scheme": asdict(qp.scheme),
-        "axis": qp.axis,
-        "shape": list(qp.scale.shape),
-    }
-    if tensors is not None and qp.scale.numel() > INLINE_SCALES:
-        tensors[f"{key}.qscale"] = qp.scale.contiguous()
-        tensors[f"{key}.qzero"] = qp.zero_point.contiguous()
-        doc["scale"], doc["zero_point"] = {"tensor": f"{key}.qscale"}, {"tensor": f"{key}.qzero"}
-    else:
-        doc["scale"], doc["zero_point"] = (
-            qp.scale.flatten().tolist(),
-            qp.zero_point.flatten().tolist(),
-        )
-    return doc
-
-
-def _qparams_from(
-    e: dict[str, Any], what: str, tensors: dict[str, Tensor] | None = None
-) -> QParams:
-    def values(field: str, dtype: torch.dtype) -> Tensor:
-        v = e[field]
-        if isinstance(v, dict):
-            if tensors is None or v.get("tensor") not in tensors:
-                raise ValueError(f"checkpoint lacks the tensor {v.get('tensor')!r}")
-            return tensors[v["tensor"]].to(dtype)
-        return torch.tensor(v, dtype=dtype)
-
-    try:
-        shape = tuple(e["shape"])
-        scale = values("scale", torch.float32).reshape(shape)
-        zero = values("zero_point", torch.int32).reshape(shape)
-        return QParams(scale, zero, Scheme(**e["scheme"]), e["axis"])
-    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-        raise ValueError(f"checkpoint encoding of {what} is malformed: {exc}") from exc
+# --------------------------------------------------------------------------- save
 
 
 def save(model: nn.Module, path: str | Path) -> Path:
-    """Write a converted model to the directory ``path`` (see the module docstring)."""
+    """Write a converted model to the directory ``path`` (see the module docstring); returns
+    the directory. The model is not modified."""
     state = state_of(model)
-    directory = check_writable_dir(Path(path))
-    tensors: dict[str, Tensor] = {}
-    encodings: dict[str, Any] = {}
-    quantized: dict[str, dict[str, Any]] = {}
-    skip_keys: set[str] = set()
-    for name, module in model.named_modules():
-        if isinstance(module, DynamicQuantLinear | WeightOnlyLinear | WeightOnlyEmbedding):
-            key = f"{name}.weight"
-            data = (
-                module.weight_codes
-                if isinstance(module, DynamicQuantLinear)
-                else module.weight_data
+    layers, quantizers = _quantized_parts(model)
+    for name, m in model.named_modules():
+        if callable(getattr(m, "qparams", None)) and not isinstance(m, FakeQuant):
+            raise ValueError(
+                f"{name!r} is a learnable quantizer ({type(m).__name__}): convert the model "
+                "(zp.convert) before saving"
             )
-            packed = not isinstance(module, DynamicQuantLinear) and module.packed
-            tensors[f"{key}.codes"] = data.contiguous()
-            shape = (
-                [module.num_embeddings, module.embedding_dim]
-                if isinstance(module, WeightOnlyEmbedding)
-                else [module.out_features, module.in_features]
-            )
-            quantized[key] = {
-                "encoding": _encoding(module.weight_qparams, tensors, key),
-                "packed": packed,
-                "view_shape": shape,
-                "shape": shape,
-            }
-            if isinstance(module, DynamicQuantLinear):
-                quantized[key]["per_token"] = module.per_token
-            skip_keys.update({key, f"{name}.weight_codes", f"{name}.weight_data"})
-        elif isinstance(module, QuantMixin) and module.weight_quant is not None:
-            qp = module.weight_qparams()
-            qt = QTensor.from_int(quantize_int(module._weight_view().detach(), qp), qp)
-            key = f"{name}.weight"
-            tensors[f"{key}.codes"] = qt.data.contiguous()
-            quantized[key] = {
-                "encoding": _encoding(qp, tensors, key),
-                "packed": qt.packed,
-                "view_shape": list(qt.shape),
-                "shape": list(module.float_weight.shape),
-            }
-            skip_keys.add(key)
-        elif isinstance(module, FakeQuant) and module.frozen:
-            encodings[name] = _encoding(module.qparams())
-    for key, value in model.state_dict().items():
-        if (
-            key in skip_keys
-            or key.endswith(".weight_quant.scale")
-            or key.endswith(".weight_quant.zero_point")
-        ):
-            continue
-        if value.is_floating_point() or value.dtype in (torch.int32, torch.int64, torch.bool):
-            tensors[key] = value.detach().contiguous()
-    doc = {
-        "format": FORMAT,
-        "version": VERSION,
-        "model": type(model).__name__,
-        "workflow": state.workflow,
-        "capture": state.capture,
-        "config": config_to_json(state.config),
-        "weights": quantized,
-        "activations": encodings,
-        "reduce_range": any(
-            getattr(m, "reduce_range", False)
-            for m in model.modules()
+    side: dict[str, Tensor] = {}
+    weights = {f"{n}.weight": _weight_entry(n, m, side) for n, m in layers.items()}
+    encodings = {n: _quantizer_entry(n, q, side) for n, q in quantizers.items()}
+    values = model.state_dict()
+    covered = _covered_keys(values, layers, quantizers)
+    tensors = {k: _storable(k, v) for k, v in values.items() if k not in covered}
+    for key in side:
+        if key in tensors:
+            raise ValueError(f"the model has a tensor named {key!r}, a name the checkpoint uses")
+    tensors = _unshared({**tensors, **side})
+    doc = Document(
+        format=FORMAT,
+        version=VERSION,
+        model=type(model).__name__,
+        workflow=state.workflow,
+        capture=state.capture,
+        reduce_range=any(
+            bool(getattr(m, "reduce_range", False))
+            for m in layers.values()
             if isinstance(m, DynamicQuantLinear)
         ),
-    }
-    with atomic_path(directory / WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(VERSION)})
-    atomic_write_text(directory / ENCODINGS, json.dumps(doc, indent=1))
-    return directory
+        config=state.config,
+        weights=weights,
+        activations=encodings,
+        tensors=tensor_table(tensors),
+        sha256={},
+    )
+    return write_checkpoint(Path(path), doc, tensors)
 
 
-def _read(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    if not directory.is_dir():
-        raise FileNotFoundError(f"no checkpoint directory at {directory}")
-    enc_path, w_path = directory / ENCODINGS, directory / WEIGHTS
-    for p in (enc_path, w_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"checkpoint {directory} lacks {p.name}")
-    try:
-        doc = json.loads(enc_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{enc_path} is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ValueError(f"{enc_path} is not a zeropoint checkpoint (format {doc.get('format')!r})")
-    if doc.get("version") != VERSION:
-        raise ValueError(
-            f"{enc_path} has version {doc.get('version')}; this zeropoint reads {VERSION}"
+def _weight_entry(name: str, layer: nn.Module, side: dict[str, Tensor]) -> WeightEntry:
+    key = f"{name}.weight"
+    per_token: bool | None = None
+    if isinstance(layer, DynamicQuantLinear):
+        qp, data, packed, per_token = (
+            layer.weight_qparams,
+            layer.weight_codes,
+            False,
+            layer.per_token,
         )
-    for key in ("config", "weights", "activations", "workflow"):
-        if key not in doc:
-            raise ValueError(f"{enc_path} lacks the {key!r} section")
-    try:
-        tensors = load_file(str(w_path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{w_path} is not a readable safetensors file: {exc}") from exc
-    return doc, tensors
+        shape = (layer.out_features, layer.in_features)
+    elif isinstance(layer, WeightOnlyLinear | WeightOnlyEmbedding):
+        qp, data, packed = layer.weight_qparams, layer.weight_data, layer.packed
+        shape = (
+            (layer.num_embeddings, layer.embedding_dim)
+            if isinstance(layer, WeightOnlyEmbedding)
+            else (layer.out_features, layer.in_features)
+        )
+    else:
+        assert isinstance(layer, QuantMixin)
+        wq = layer.weight_quant
+        if not isinstance(wq, FakeQuant) or wq.mode != "quantize" or not wq.frozen:
+            mode = wq.mode if isinstance(wq, FakeQuant) else "learnable"
+            raise ValueError(
+                f"the weight quantizer of {name!r} is not frozen ({type(wq).__name__}, mode "
+                f"{mode!r}): convert the model (zp.convert) before saving"
+            )
+        qp = wq.qparams()
+        qt = QTensor.from_int(quantize_int(layer._weight_view().detach(), qp), qp)
+        side[f"{key}.codes"] = qt.data.contiguous()
+        return WeightEntry(
+            encode_qparams(qp, key, side),
+            f"{key}.codes",
+            qt.packed,
+            tuple(qt.shape),
+            tuple(layer.float_weight.shape),
+            None,
+        )
+    side[f"{key}.codes"] = data.detach().contiguous()
+    return WeightEntry(
+        encode_qparams(qp, key, side), f"{key}.codes", packed, shape, shape, per_token
+    )
+
+
+def _quantizer_entry(name: str, q: FakeQuant, side: dict[str, Tensor]) -> QuantizerEntry:
+    if q.mode not in ("quantize", "off") or not q.frozen:
+        raise ValueError(
+            f"quantizer {name!r} is not frozen (mode {q.mode!r}"
+            f"{'' if q.frozen else ', no scale yet'}): convert the model (zp.convert) before saving"
+        )
+    return QuantizerEntry(encode_qparams(q.qparams(), name, side), q.mode)
+
+
+def _storable(key: str, value: Tensor) -> Tensor:
+    t = value.detach()
+    if t.is_quantized or t.dtype not in STORABLE:
+        raise ValueError(
+            f"state-dict entry {key!r} has dtype {t.dtype}, which a safetensors checkpoint "
+            "cannot hold"
+        )
+    return t.cpu().contiguous()
+
+
+def _unshared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """safetensors refuses tensors that share memory (tied weights, views): copy those."""
+    seen: set[int] = set()
+    out = {}
+    for k, t in tensors.items():
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen or storage.nbytes() != t.numel() * t.element_size():
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[k] = t
+    return out
+
+
+# --------------------------------------------------------------------------- load
 
 
 def load(path: str | Path, model: nn.Module) -> nn.Module:
-    """Rebuild a saved quantized model from its float architecture ``model`` (not modified)."""
-    from zeropoint.workflows.static import convert, prepare
-
-    doc, tensors = _read(Path(path))
-    config = config_from_json(doc["config"])
-    if doc["workflow"] in ("dynamic", "weight_only"):
-        return _load_module_swapped(doc, tensors, model, config)
-    prepared = prepare(model.eval(), config)
-    for name, module in prepared.named_modules():
-        if isinstance(module, FakeQuant) and name in doc["activations"]:
-            module.set_qparams(_qparams_from(doc["activations"][name], name))
-            module.mode = "quantize"
-    missing = [
-        n for n, m in prepared.named_modules() if isinstance(m, FakeQuant) and m.mode == "observe"
-    ]
-    if missing:
-        raise ValueError(f"checkpoint has no encodings for activation quantizers {missing[:5]}")
-    for key, info in doc["weights"].items():
-        layer_name = key.rsplit(".", 1)[0]
-        layer = prepared.get_submodule(layer_name)
-        if not isinstance(layer, QuantMixin) or layer.weight_quant is None:
-            raise ValueError(
-                f"checkpoint quantizes {key}, but the model's {layer_name} is not a quantized layer"
-            )
-        qp = _qparams_from(info["encoding"], key, tensors)
-        codes = tensors.get(f"{key}.codes")
-        if codes is None:
-            raise ValueError(f"checkpoint lacks the codes of {key}")
-        view_shape = torch.Size(info["view_shape"])
-        qt = QTensor(codes, qp, view_shape, bool(info["packed"]))
-        try:
-            weight = dequantize_int(qt.int_repr(), qp).reshape(info["shape"])
-        except (RuntimeError, ValueError) as exc:
-            raise ValueError(f"codes of {key} do not fit their encoding: {exc}") from exc
-        if tuple(weight.shape) != tuple(layer.float_weight.shape):
-            raise ValueError(
-                f"{key} has shape {tuple(weight.shape)} in the checkpoint but "
-                f"{tuple(layer.float_weight.shape)} in the model"
-            )
-        with torch.no_grad():
-            layer.float_weight.copy_(weight)
-        assert isinstance(layer.weight_quant, FakeQuant)
-        layer.weight_quant.set_qparams(qp)
-        layer.weight_quant.mode = "quantize"
-    rest = {k: v for k, v in tensors.items() if not k.endswith(_SIDE_TENSORS)}
-    result = prepared.load_state_dict(rest, strict=False)
-    unexpected = [k for k in result.unexpected_keys]
-    if unexpected:
-        raise ValueError(f"checkpoint tensors the model does not have: {unexpected[:5]}")
-    convert(prepared)
-    return prepared
-
-
-def _codes_for(tensors: dict[str, Tensor], key: str) -> Tensor:
-    codes = tensors.get(f"{key}.codes")
-    if codes is None:
-        raise ValueError(f"checkpoint lacks the codes of {key}")
-    return codes
-
-
-def _load_module_swapped(
-    doc: dict[str, Any], tensors: dict[str, Tensor], model: nn.Module, config: QuantConfig
-) -> nn.Module:
-    """Dynamic / weight-only checkpoints: swap the layers again, then load codes and tensors."""
-    from zeropoint.workflows.dynamic import quantize_dynamic
-
-    swapped = quantize_dynamic(model, config, reduce_range=bool(doc.get("reduce_range", False)))
-    for key, info in doc["weights"].items():
-        layer = swapped.get_submodule(key.rsplit(".", 1)[0])
-        qp = _qparams_from(info["encoding"], key, tensors)
-        codes = _codes_for(tensors, key)
-        try:
-            if isinstance(layer, DynamicQuantLinear):
-                layer.per_token = bool(info.get("per_token", True))
-                layer.set_codes(codes, qp)
-            elif isinstance(layer, WeightOnlyLinear | WeightOnlyEmbedding):
-                layer.set_codes(codes, qp, bool(info["packed"]))
-            else:
-                raise ValueError(f"the model's {key} is not a dynamic or weight-only layer")
-        except (RuntimeError, ValueError) as exc:
-            raise ValueError(f"checkpoint codes of {key} do not fit the model: {exc}") from exc
-    rest = {k: v for k, v in tensors.items() if not k.endswith(_SIDE_TENSORS)}
-    result = swapped.load_state_dict(rest, strict=False)
-    if result.unexpected_keys:
+    """Rebuild the quantized model saved in ``path`` from its float architecture ``model``
+    (not modified). Strict: see the module docstring."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"the template must be an nn.Module, got {type(model).__name__}")
+    if "_zeropoint" in model.__dict__:
         raise ValueError(
-            f"checkpoint tensors the model does not have: {result.unexpected_keys[:5]}"
+            f"the template {type(model).__name__} was already quantized by zeropoint: pass the "
+            "float model (a fresh instance of its class)"
         )
-    return swapped
+    doc, tensors = read_checkpoint(Path(path), resolver_for(model))
+    rebuilt = _rebuild(model, doc)
+    layers, quantizers = _quantized_parts(rebuilt)
+    where = f"the checkpoint in {path} (saved from a {doc.model})"
+    template = f"the template {type(model).__name__}"
+    _same_keys("weight entry", doc.weights.keys(), {f"{n}.weight" for n in layers}, where, template)
+    _same_keys("quantizer encoding", doc.activations.keys(), quantizers.keys(), where, template)
+    values = rebuilt.state_dict()
+    plain = values.keys() - _covered_keys(values, layers, quantizers)
+    referenced = {e.codes for e in doc.weights.values()}
+    encodings = [e.encoding for e in doc.weights.values()]
+    for encoding in encodings + [e.encoding for e in doc.activations.values()]:
+        referenced.update(referenced_tensors(encoding))
+    for key in sorted(referenced - tensors.keys()):
+        raise ValueError(f"{where} lacks the tensor {key!r} that its encodings name")
+    _same_keys("tensor", tensors.keys() - referenced, plain, where, template)
+    for key in sorted(plain):
+        if tensors[key].dtype != values[key].dtype:
+            raise ValueError(
+                f"tensor {key!r} is {tensors[key].dtype} in {where} but {values[key].dtype} in "
+                f"{template}"
+            )
+    for key, weight in doc.weights.items():
+        _restore_weight(layers[key.removesuffix(".weight")], key, weight, tensors)
+    for name, entry in doc.activations.items():
+        _restore_quantizer(rebuilt, name, quantizers[name], entry, tensors)
+    try:
+        rebuilt.load_state_dict({k: tensors[k] for k in plain}, strict=False)
+    except RuntimeError as exc:
+        raise ValueError(f"the tensors of {where} do not fit {template}: {exc}") from exc
+    if doc.workflow in ("static", "qat"):
+        from zeropoint.workflows.static import convert
+
+        convert(rebuilt)
+    state_of(rebuilt).workflow = doc.workflow
+    return rebuilt.eval()
+
+
+def _rebuild(model: nn.Module, doc: Document) -> nn.Module:
+    """A copy of ``model`` with the saved config applied (layers swapped, quantizers placed)."""
+    if doc.workflow in ("dynamic", "weight_only"):
+        from zeropoint.workflows.dynamic import quantize_dynamic
+
+        rebuilt = quantize_dynamic(model, doc.config, reduce_range=doc.reduce_range)
+    else:
+        from zeropoint.workflows.static import prepare
+
+        template = copy.deepcopy(model).eval()
+        with warnings.catch_warnings():  # the capture is compared below
+            warnings.filterwarnings("ignore", message="torch.fx could not capture")
+            # a QAT model was converted to frozen quantizers: the same structure static
+            # preparation builds (learnable quantizers and stochastic rounding are a
+            # training-time matter; converted quantizers round to nearest)
+            config = doc.config.with_(learnable=None).deterministic()
+            rebuilt = prepare(template, config, inplace=True)
+        state_of(rebuilt).config = doc.config
+    capture = state_of(rebuilt).capture
+    if capture != doc.capture:
+        raise ValueError(
+            f"the checkpoint's model was captured as {doc.capture!r}, the template "
+            f"{type(model).__name__} as {capture!r}: it is not the architecture that was saved "
+            f"(a {doc.model})"
+        )
+    return rebuilt
+
+
+def _same_keys(what: str, stored: object, expected: object, where: str, template: str) -> None:
+    stored_keys, expected_keys = set(stored), set(expected)  # type: ignore[call-overload]
+    missing, extra = sorted(expected_keys - stored_keys), sorted(stored_keys - expected_keys)
+    if missing:
+        raise ValueError(
+            f"{where} lacks the {what} {missing[0]!r} that {template} has "
+            f"({len(missing)} missing: {missing[:5]})"
+        )
+    if extra:
+        raise ValueError(
+            f"{where} has a {what} {extra[0]!r} that {template} does not have "
+            f"({len(extra)} extra: {extra[:5]}); is the template the architecture that was saved?"
+        )
+
+
+def _restore_weight(
+    layer: nn.Module, key: str, entry: WeightEntry, tensors: dict[str, Tensor]
+) -> None:
+    qp = decode_qparams(entry.encoding, tensors, key)
+    data = tensors[entry.codes]
+    try:
+        if data.is_floating_point():
+            raise ValueError(f"they are {data.dtype}, not integers")
+        view_shape = torch.Size(entry.view_shape)
+        codes = QTensor(data.reshape(-1) if entry.packed else data, qp, view_shape, entry.packed)
+        ints = codes.int_repr()
+        if ints.shape != view_shape:
+            raise ValueError(f"shape {list(ints.shape)} is not the view shape {list(view_shape)}")
+        qp.check_shape(view_shape)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"the codes of {key} do not fit their encoding: {exc}") from exc
+    lo, hi = qp.scheme.qrange
+    if ints.numel() and (int(ints.min()) < lo or int(ints.max()) > hi):
+        raise ValueError(
+            f"the codes of {key} span [{int(ints.min())}, {int(ints.max())}], outside the "
+            f"range [{lo}, {hi}] of their scheme ({qp.scheme})"
+        )
+    try:
+        if isinstance(layer, DynamicQuantLinear):
+            if entry.per_token is None:
+                raise ValueError("per_token is null; a dynamic int8 Linear needs true or false")
+            layer.per_token = entry.per_token
+            layer.set_codes(data, qp)
+        elif isinstance(layer, WeightOnlyLinear | WeightOnlyEmbedding):
+            layer.set_codes(data, qp, entry.packed)
+        else:
+            assert isinstance(layer, QuantMixin)
+            weight = _from_view(layer, dequantize_int(ints, qp), entry.shape)
+            if weight.shape != layer.float_weight.shape:
+                raise ValueError(
+                    f"shape {list(weight.shape)} is not the template's "
+                    f"{list(layer.float_weight.shape)}"
+                )
+            with torch.no_grad():
+                layer.float_weight.copy_(weight)
+            layer.weight_quant = _frozen_like(layer.weight_quant, qp, "quantize")
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(
+            f"the weight {key} of the checkpoint does not fit the template: {exc}"
+        ) from exc
+
+
+def _from_view(layer: nn.Module, view: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Undo `QuantMixin._weight_view` (group-wise conv weights: output channels first)."""
+    if tuple(view.shape) == shape:
+        return view
+    axis = output_channel_axis(layer)
+    moved = [shape[axis], *shape[:axis], *shape[axis + 1 :]]
+    return view.reshape(moved).movedim(0, axis)
+
+
+def _frozen_like(old: nn.Module | None, qp: QParams, mode: str) -> FakeQuant:
+    """A FakeQuant frozen at ``qp``: ``old`` itself when its scheme matches (it keeps its
+    observer settings), else a new one (the saved scheme is the truth)."""
+    if isinstance(old, FakeQuant) and old.scheme == qp.scheme:
+        fq = old
+    elif isinstance(old, FakeQuant):
+        fq = FakeQuant(qp.scheme, old.observer_name, old.observer_options)
+    else:
+        fq = FakeQuant(qp.scheme)
+    fq.set_qparams(qp)
+    fq.mode = mode
+    return fq
+
+
+def _restore_quantizer(
+    model: nn.Module, name: str, old: FakeQuant, entry: QuantizerEntry, tensors: dict[str, Tensor]
+) -> None:
+    fq = _frozen_like(old, decode_qparams(entry.encoding, tensors, name), entry.mode)
+    if fq is not old:
+        model.set_submodule(name, fq)

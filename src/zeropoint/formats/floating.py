@@ -252,10 +252,7 @@ class FloatFormat:
         mag = xd.abs()
         finite = torch.isfinite(mag)
         mag = torch.where(finite, mag, 0.0)
-        # frexp: mag = f · 2^j with f in [0.5, 1), so ⌊log2 mag⌋ = j − 1 (frexp(0) gives j = 0).
-        k = (torch.frexp(mag).exponent - 1).clamp(min=self.emin)
-        q = _pow2(k - self.man_bits)
-        r = torch.round(mag / q) * q  # both steps exact: q is a power of two, rint < 2^(m+1)
+        r = self.round_unbounded(mag)
         over = (r > self.max) | ~(finite | nan)
         if saturate:
             r = torch.where(over, self.max, r)
@@ -270,6 +267,28 @@ class FloatFormat:
             r = torch.where(over, math.inf if self.specials == "ieee" else math.nan, r)
         r = torch.copysign(r, xd)
         return torch.where(nan, xd, r)
+
+    def round_unbounded(self, x: Tensor) -> Tensor:
+        """x rounded to the format's precision with its exponent unbounded above, in x's dtype
+        (float32 or float64; finite x): the module docstring's rounding before any overflow rule,
+
+            k = max(⌊log2|x|⌋, emin),  q = 2^(k − m),  round(x) = q · rint(x / q)
+
+        (rint is odd-symmetric, so the sign needs no separate step). Exact: x / q lies in
+        (−2^(m+1), 2^(m+1)) and q is a power of two, so both steps are exact, except that a
+        value rounding up past the dtype's own largest binade becomes ±inf. ``round`` and the
+        scaled quantizer (`zeropoint.functional`, which clamps to ±max itself) both use it:
+        clamp(round_unbounded(x), −max, max) = round(x, saturate=True). Not differentiable."""
+        if not isinstance(x, Tensor) or x.dtype not in (torch.float32, torch.float64):
+            raise TypeError(
+                f"{self.name}.round_unbounded expects a float32 or float64 tensor, got "
+                f"{getattr(x, 'dtype', type(x).__name__)}"
+            )
+        x = x.detach()
+        # frexp: |x| = f · 2^j with f in [0.5, 1), so ⌊log2|x|⌋ = j − 1 (frexp(0) gives j = 0)
+        k = (torch.frexp(x).exponent - 1).clamp_(min=self.emin)
+        q = _pow2(k - self.man_bits).to(x.dtype)
+        return torch.round(x / q).mul_(q)
 
     def round(self, x: Tensor, saturate: bool = False) -> Tensor:
         """Round x to the nearest value of the format, ties to even (see the module docstring).

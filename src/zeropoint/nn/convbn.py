@@ -66,7 +66,7 @@ class QuantConvBn2d(QuantConv2d):
             w, b = self.folded_weight_bias()
         if self.weight_quant is not None:
             w = self.weight_quant(w)
-        return self._out(self._conv_forward(x, w, b))
+        return self._out(self._conv_forward(x, w, self.quantized_bias(b)))
 
     def freeze_bn(self) -> None:
         """Use the running statistics from now on (Jacob et al.: late in training)."""

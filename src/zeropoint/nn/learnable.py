@@ -1,23 +1,44 @@
 """Learnable quantizers for QAT: LSQ, LSQ+ and PACT.
 
-All three compute the same uniform quantizer as `zeropoint.functional.fake_quantize`,
+All three ARE `zeropoint.functional`'s uniform quantizer — their forward pass is
+`fake_quantize_learnable`, the function `fake_quantize` itself runs —
 
-    x̂ = S · (clamp(round(x/S) + Z, qmin, qmax) − Z),
+    x̂ = S · clamp(round(x/S), qmin − Z, qmax − Z),
 
-but written with differentiable pieces so that S (and Z, or the clip α) receive gradients:
-
-    round_ste(v) = v + (round(v) − v).detach()          rounding with a straight-through gradient
-    grad_scale(s, g) = s·g + (s − s·g).detach()          value s, gradient scaled by g
+with S (and Z) as parameters that receive gradients:
 
 * LSQ (Esser et al., ICLR 2020): learned step S, Z = 0; ∂x̂/∂S = round(x/S) − x/S inside the
   range and qmin or qmax outside; the step's gradient is scaled by g = 1/√(N·qmax) (N: elements
   of the tensor; per channel, elements per channel). Initialised to S = 2·mean|x|/√qmax.
-* LSQ+ (Bhalgat et al., CVPRW 2020): learned S and learned offset Z (a float rounded with the STE
-  in the forward pass, so the simulated quantizer stays integer-exact); initialised from the
-  min-max range of the first batch, for signed or asymmetric activations such as Swish/GELU.
-* PACT (Choi et al. 2018): learned clipping level α for non-negative activations,
-  y = clamp(x, 0, α), quantized on [0, α] with S = α/(2^b − 1), Z = 0. ∂ŷ/∂α = 1 where x ≥ α
-  (straight-through elsewhere). The regulariser λ·α² is added by `pact_regularizer`.
+* LSQ+ (Bhalgat et al., CVPRW 2020): learned step S and learned offset Z (a float rounded with
+  the straight-through estimator, so the simulated quantizer stays integer-exact); initialised
+  to the (S, Z) of least squared error on the first batch (the MSE observer; the paper's
+  §3.3 initialises by minimising the same error).
+* PACT (Choi et al. 2018): learned clipping level α, S = α/qmax, Z = 0: y = clamp(x, 0, α)
+  (unsigned) or clamp(x, −α, α) (signed, the narrow range [−qmax, qmax]), quantized.
+  ∂ŷ/∂α = 1 where x was clipped at α (−1 at −α), straight-through elsewhere. The regulariser
+  λ·α² is added by `pact_regularizer`.
+
+**Signs.** An activation quantizer (``signed=None``, the default) decides from the first batch it
+sees: signed if that batch holds a negative value, unsigned otherwise — so model inputs, logits
+and pre-activations keep their negative values while post-ReLU tensors use every level on
+[0, max). Its ``scheme`` (and repr, and ``qparams().scheme``) then says which: LSQ signed is
+``Scheme(bits, signed=True, symmetric=True)`` (Z = 0, the LSQ paper's [−2^(b−1), 2^(b−1) − 1]),
+unsigned ``Scheme(bits, signed=False)`` with Z = 0; LSQ+ keeps its zero point either way; PACT
+signed is the narrow symmetric range. ``signed=True/False`` fixes the choice (weights: the weight
+scheme's own).
+
+**Scale floor.** A step that collapses (under weight decay, or on a nearly dead channel) turns
+every value into a clipped one and the int32 bias of the next integer layer into nonsense. The
+effective step is therefore S = max(|s|, floor), with the floor relative to the tensor quantized:
+
+    floor_c = max|x_c| / (256 · m),   m = max(|qmin|, qmax)
+
+i.e. the clipping level m·S may not fall below 1/256 of the largest magnitude in the slice.
+For weights (``weight=True``) x_c is channel c of the current weights, recomputed every step;
+for activations it is the first batch (fixed at initialisation). An all-zero slice keeps the
+smallest normal float32 as floor. Below the floor the step gets no gradient. (The int32-bias
+representability of S_x·S_w is enforced at conversion, for every workflow.)
 
 Each module exposes ``qparams()`` so that lowering, export and saving treat it like `FakeQuant`.
 """
@@ -25,11 +46,17 @@ Each module exposes ``qparams()`` so that lowering, export and saving treat it l
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from zeropoint.qparams import QParams, Scheme, to_slices
+from zeropoint.functional import as_generator, fake_quantize_learnable
+from zeropoint.observers.registry import calibrate
+from zeropoint.qparams import MIN_SCALE, QParams, Scheme, to_slices
+
+#: The clipping level m·S may not fall below this fraction of the slice's largest magnitude.
+FLOOR_FRACTION = 1.0 / 256.0
 
 
 def round_ste(v: Tensor) -> Tensor:
@@ -42,21 +69,100 @@ def grad_scale(s: Tensor, g: float) -> Tensor:
     return s * g + (s - s * g).detach()
 
 
-class _Learnable(nn.Module):
-    """Shared state: a scheme, parameters of a known size (one per slice: 1 per tensor, C per
-    channel) whose values are set from the first batch, and the broadcast view."""
+def scale_floor(rows: Tensor, scheme: Scheme) -> Tensor:
+    """max|x_c| / (256 · max(|qmin|, qmax)) per row of `to_slices` (≥ the smallest normal
+    float32): the floor of a learnable step (see the module docstring)."""
+    m = max(abs(scheme.qmin), scheme.qmax)
+    peak = rows.detach().abs().amax(1).to(torch.float32)
+    return (peak * (FLOOR_FRACTION / m)).clamp(min=MIN_SCALE)
 
-    def __init__(self, scheme: Scheme, num_scales: int = 1) -> None:
+
+_SIGN_UNKNOWN, _UNSIGNED, _SIGNED = -1, 0, 1
+
+
+class _Learnable(nn.Module):
+    """Shared state: the configured and the resolved scheme, parameters of a known size (one
+    per slice: 1 per tensor, C per channel) whose values are set from the first batch, the
+    scale floor, and the broadcast view."""
+
+    def __init__(
+        self,
+        scheme: Scheme,
+        num_scales: int = 1,
+        *,
+        signed: bool | None = None,
+        weight: bool = False,
+        generator: torch.Generator | int | None = None,
+    ) -> None:
         super().__init__()
+        name = type(self).__name__
+        if not isinstance(scheme, Scheme):
+            raise TypeError(f"{name} needs a Scheme, got {type(scheme).__name__}")
         if scheme.group_size is not None:
-            raise ValueError("learnable quantizers support per-tensor and per-channel schemes")
-        if (scheme.axis is None) != (num_scales == 1) and scheme.axis is None:
-            raise ValueError(f"a per-tensor scheme has one scale, not {num_scales}")
-        self.scheme = scheme
+            raise ValueError(
+                f"{name}: learnable quantizers support per-tensor and per-channel schemes, not "
+                f"{scheme}"
+            )
+        if scheme.float_format is not None:
+            raise ValueError(
+                f"{name} learns the step of an integer grid; {scheme} is a float format: for "
+                "fp8 / fp4 QAT use learnable=None (the scale follows the amax, S = amax / max)"
+            )
+        if isinstance(num_scales, bool) or not isinstance(num_scales, int) or num_scales < 1:
+            raise ValueError(f"{name}: num_scales={num_scales!r} must be a positive int")
+        if scheme.axis is None and num_scales != 1:
+            raise ValueError(f"{name}: a per-tensor scheme has one scale, not {num_scales}")
+        if signed is not None and not isinstance(signed, bool):
+            raise TypeError(f"{name}: signed must be True, False or None, got {signed!r}")
+        self.configured = scheme
+        self.scheme = scheme if signed is None else self._scheme_for(signed)
+        self.signed = signed
+        self.weight = bool(weight)
+        self.generator = as_generator(generator, scheme)
         self.num_scales = num_scales
-        self.axis: int | None = None
+        self.axis: int | None = (
+            scheme.axis if scheme.axis is not None and scheme.axis >= 0 else None
+        )
         self.initialized: Tensor
+        self.sign_state: Tensor
+        self.floor: Tensor
         self.register_buffer("initialized", torch.tensor(False))
+        self._ready = False  # a Python mirror of `initialized`: no tensor read per forward
+        state = _SIGN_UNKNOWN if signed is None else (_SIGNED if signed else _UNSIGNED)
+        self.register_buffer("sign_state", torch.tensor(state, dtype=torch.int8))
+        self.register_buffer("floor", torch.full((num_scales,), MIN_SCALE))
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _scheme_for(self, signed: bool) -> Scheme:
+        raise NotImplementedError
+
+    def _initialize(self, rows: Tensor) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared machinery
+    def _prepare(self, x: Tensor) -> None:
+        """First batch: resolve the sign, the axis and the parameters; weights: the floor."""
+        if not self._ready and not bool(self.initialized):
+            if self.signed is None:
+                negative = bool((x.detach() < 0).any())
+                self._set_sign(negative)
+            rows = self._rows(x)
+            with torch.no_grad():
+                self.floor.copy_(scale_floor(rows, self.scheme))
+                self._initialize(rows)
+            self.initialized.fill_(True)
+            self._ready = True
+        else:
+            self._ready = True
+            if self.axis is None and self.scheme.axis is not None:
+                self.axis = self.scheme.resolve_axis(x.dim())
+            if self.weight:
+                with torch.no_grad():
+                    self.floor.copy_(scale_floor(self._rows(x), self.scheme))
+
+    def _set_sign(self, signed: bool) -> None:
+        self.scheme = self._scheme_for(signed)
+        self.sign_state.fill_(_SIGNED if signed else _UNSIGNED)
 
     def _view(self, p: Tensor, x: Tensor) -> Tensor:
         if self.scheme.axis is None:
@@ -83,108 +189,183 @@ class _Learnable(nn.Module):
     def _shaped(self, t: Tensor) -> Tensor:
         return t.reshape(()) if self.scheme.axis is None else t
 
+    def _step(self, s: Tensor) -> Tensor:
+        """The effective step max(|s|, floor) (no gradient below the floor)."""
+        return torch.maximum(s.abs(), self.floor)
+
+    def _check_initialized(self) -> None:
+        if not bool(self.initialized):
+            raise ValueError(
+                f"{type(self).__name__} ({self.configured}) has seen no data: run the model "
+                "once (e.g. prepare_qat(..., example_inputs=x)) before asking for its qparams"
+            )
+
+    def _rounding(self) -> tuple[Scheme, torch.Generator | None]:
+        """The scheme and generator of this forward: stochastic rounding only while training,
+        to nearest in eval mode (as deployed; see `zeropoint.nn.quantizers`)."""
+        if self.scheme.rounding == "stochastic" and not self.training:
+            return self.scheme.with_(rounding="half_even"), None
+        return self.scheme, self.generator
+
+    def _resolved_axis(self) -> int | None:
+        return self.axis if self.axis is not None else self.scheme.axis
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self._ready = bool(self.initialized)
+        state = int(self.sign_state)
+        if state != _SIGN_UNKNOWN:
+            self.scheme = self._scheme_for(state == _SIGNED)
+
+    def _describe(self, kind: str) -> str:
+        if int(self.sign_state) == _SIGN_UNKNOWN:
+            return f"{kind} {self.configured} (signed or unsigned: from the first batch)"
+        how = "from data" if self.signed is None else "fixed"
+        return f"{kind} {self.scheme} ({'signed' if self.scheme.signed else 'unsigned'}, {how})"
+
 
 class LSQ(_Learnable):
-    """Learned Step Size Quantization: S learned, Z = 0 (signed or unsigned formats)."""
+    """Learned Step Size Quantization: S learned, Z = 0 (signed or unsigned, see the module
+    docstring). ``weight=True``: a weight quantizer (the floor follows the weights)."""
 
-    def __init__(self, scheme: Scheme, num_scales: int = 1) -> None:
-        super().__init__(scheme, num_scales)
+    def __init__(
+        self,
+        scheme: Scheme,
+        num_scales: int = 1,
+        *,
+        signed: bool | None = None,
+        weight: bool = False,
+        generator: torch.Generator | int | None = None,
+    ) -> None:
+        super().__init__(scheme, num_scales, signed=signed, weight=weight, generator=generator)
         self.scale = nn.Parameter(torch.ones(num_scales))
 
+    def _scheme_for(self, signed: bool) -> Scheme:
+        if signed:
+            return self.configured.with_(signed=True, symmetric=True)
+        return self.configured.with_(signed=False, symmetric=False)
+
+    def _initialize(self, rows: Tensor) -> None:
+        mean_abs = rows.abs().mean(1)
+        self.scale.copy_(torch.maximum(2 * mean_abs / math.sqrt(self.scheme.qmax), self.floor))
+
     def forward(self, x: Tensor) -> Tensor:
-        qmin, qmax = self.scheme.qrange
-        if not bool(self.initialized):
-            mean_abs = self._rows(x).abs().mean(1)
-            with torch.no_grad():
-                self.scale.copy_((2 * mean_abs / math.sqrt(qmax)).clamp(min=1e-8))
-            self.initialized = torch.tensor(True)
-        elif self.axis is None and self.scheme.axis is not None:
-            self.axis = self.scheme.resolve_axis(x.dim())
-        g = 1.0 / math.sqrt(self._elements_per_scale(x) * qmax)
-        s = self._view(grad_scale(self.scale.abs() + 1e-12, g), x)
-        return round_ste(torch.clamp(x / s, qmin, qmax)) * s
+        self._prepare(x)
+        g = 1.0 / math.sqrt(self._elements_per_scale(x) * self.scheme.qmax)
+        s = self._view(self._step(self.scale), x)
+        return fake_quantize_learnable(x, s, 0.0, *self._rounding(), grad_factor=g)
 
     def qparams(self) -> QParams:
-        scale = self.scale.detach().abs() + 1e-12
+        self._check_initialized()
+        scale = self._step(self.scale.detach())
         zero = torch.zeros_like(scale, dtype=torch.int32)
-        return QParams(self._shaped(scale), self._shaped(zero), self.scheme, self.axis)
+        return QParams(self._shaped(scale), self._shaped(zero), self.scheme, self._resolved_axis())
 
     def extra_repr(self) -> str:
-        return f"LSQ {self.scheme}"
+        return self._describe("LSQ")
 
 
 class LSQPlus(_Learnable):
-    """LSQ+: learned step S and learned (rounded) zero point Z; asymmetric schemes."""
+    """LSQ+: learned step S and learned (rounded) zero point Z, affine; signed or unsigned
+    integer range by the data (see the module docstring)."""
 
-    def __init__(self, scheme: Scheme, num_scales: int = 1) -> None:
-        super().__init__(scheme, num_scales)
+    def __init__(
+        self,
+        scheme: Scheme,
+        num_scales: int = 1,
+        *,
+        signed: bool | None = None,
+        weight: bool = False,
+        generator: torch.Generator | int | None = None,
+    ) -> None:
+        super().__init__(scheme, num_scales, signed=signed, weight=weight, generator=generator)
         self.scale = nn.Parameter(torch.ones(num_scales))
         self.offset = nn.Parameter(torch.zeros(num_scales))  # Z as a float, rounded when used
 
+    def _scheme_for(self, signed: bool) -> Scheme:
+        return self.configured.with_(signed=signed, symmetric=False)
+
+    def _initialize(self, rows: Tensor) -> None:
+        # the (S, Z) of least squared error on the first batch (Bhalgat et al. §3.3 initialise
+        # LSQ+ by minimising that error; min-max would waste levels on the extremes at 2 bits)
+        qp = calibrate(rows, self.scheme.with_(axis=0, rounding="half_even"), "mse")
+        self.scale.copy_(torch.maximum(qp.scale, self.floor))
+        self.offset.copy_(qp.zero_point.to(self.offset.dtype))
+
     def forward(self, x: Tensor) -> Tensor:
+        self._prepare(x)
         qmin, qmax = self.scheme.qrange
-        if not bool(self.initialized):
-            rows = self._rows(x)
-            lo = rows.amin(1).clamp(max=0)
-            hi = rows.amax(1).clamp(min=0)
-            s = ((hi - lo) / (qmax - qmin)).clamp(min=1e-8)
-            with torch.no_grad():
-                self.scale.copy_(s)
-                self.offset.copy_(qmin - lo / s)
-            self.initialized = torch.tensor(True)
-        elif self.axis is None and self.scheme.axis is not None:
-            self.axis = self.scheme.resolve_axis(x.dim())
         g = 1.0 / math.sqrt(self._elements_per_scale(x) * (qmax - qmin))
-        s = self._view(grad_scale(self.scale.abs() + 1e-12, g), x)
-        z = self._view(round_ste(torch.clamp(grad_scale(self.offset, g), qmin, qmax)), x)
-        q = round_ste(x / s) + z
-        return (torch.clamp(q, qmin, qmax) - z) * s
+        s = self._view(self._step(self.scale), x)
+        z = self._view(round_ste(torch.clamp(self.offset, qmin, qmax)), x)
+        return fake_quantize_learnable(x, s, z, *self._rounding(), grad_factor=g)
 
     def qparams(self) -> QParams:
+        self._check_initialized()
         qmin, qmax = self.scheme.qrange
-        scale = self.scale.detach().abs() + 1e-12
+        scale = self._step(self.scale.detach())
         zero = torch.round(self.offset.detach()).clamp(qmin, qmax).to(torch.int32)
-        return QParams(self._shaped(scale), self._shaped(zero), self.scheme, self.axis)
+        return QParams(self._shaped(scale), self._shaped(zero), self.scheme, self._resolved_axis())
 
     def extra_repr(self) -> str:
-        return f"LSQ+ {self.scheme}"
+        return self._describe("LSQ+")
 
 
-class PACT(nn.Module):
-    """Parameterized clipping activation: y = clamp(x, 0, α), quantized on [0, α].
+class PACT(_Learnable):
+    """Parameterized clipping activation: y = clamp(x, 0, α) (unsigned) or clamp(x, −α, α)
+    (signed), quantized with S = α/qmax, Z = 0, per tensor.
 
     α is a parameter from construction; its value is set from the first batch to
-    2·mean|x|·√qmax (the clip LSQ's initial step implies), unless given explicitly."""
+    2·mean|x|·√qmax (the clip LSQ's initial step implies), unless ``alpha`` is given."""
 
-    def __init__(self, scheme: Scheme, alpha: float | None = None) -> None:
-        super().__init__()
-        if scheme.signed or scheme.axis is not None or scheme.group_size is not None:
-            raise ValueError(f"PACT quantizes non-negative activations per tensor; got {scheme}")
-        self.scheme = scheme
+    def __init__(
+        self,
+        scheme: Scheme,
+        alpha: float | None = None,
+        *,
+        signed: bool | None = None,
+        generator: torch.Generator | int | None = None,
+    ) -> None:
+        if isinstance(scheme, Scheme) and scheme.axis is not None:
+            raise ValueError(f"PACT learns one clipping level per tensor; got {scheme}")
+        super().__init__(scheme, 1, signed=signed, generator=generator)
+        if alpha is not None and (
+            isinstance(alpha, bool)
+            or not isinstance(alpha, int | float)
+            or not (math.isfinite(alpha) and alpha > 0)
+        ):
+            raise ValueError(f"PACT alpha={alpha!r} must be a finite number > 0")
         self.alpha = nn.Parameter(torch.tensor(6.0 if alpha is None else float(alpha)))
-        self.initialized: Tensor
-        self.register_buffer("initialized", torch.tensor(alpha is not None))
-        self.axis = None
+        self.alpha_given = alpha is not None
+
+    def _scheme_for(self, signed: bool) -> Scheme:
+        if signed:
+            return self.configured.with_(signed=True, symmetric=True, narrow=True)
+        return self.configured.with_(signed=False, symmetric=False)
+
+    def _initialize(self, rows: Tensor) -> None:
+        self.floor.mul_(self.scheme.qmax)  # the floor of α = qmax · (the floor of S)
+        if not self.alpha_given:
+            init = 2 * rows.abs().mean() * math.sqrt(self.scheme.qmax)
+            self.alpha.fill_(float(torch.maximum(init, self.floor[0])))
+
+    def _clip(self, alpha: Tensor) -> Tensor:
+        return torch.maximum(alpha.abs(), self.floor[0])
 
     def forward(self, x: Tensor) -> Tensor:
-        qmax = self.scheme.qmax
-        if not bool(self.initialized):
-            with torch.no_grad():
-                init = 2 * x.detach().abs().mean() * math.sqrt(qmax)
-                self.alpha.fill_(float(init.clamp(min=1e-3)))
-            self.initialized = torch.tensor(True)
-        alpha = self.alpha.abs() + 1e-8
-        # clamp(x, 0, α) = x − relu(x − α): the gradient w.r.t. α is 1 where x ≥ α
-        y = torch.relu(x) - torch.relu(x - alpha)
-        s = alpha.detach() / qmax
-        return y + (torch.round(y / s) * s - y).detach()
+        self._prepare(x)
+        s = self._clip(self.alpha) / self.scheme.qmax
+        return fake_quantize_learnable(
+            x, s.reshape(()), 0.0, *self._rounding(), step_gradient=False
+        )
 
     def qparams(self) -> QParams:
-        scale = (self.alpha.detach().abs() + 1e-8) / self.scheme.qmax
+        self._check_initialized()
+        scale = self._clip(self.alpha.detach()) / self.scheme.qmax
         return QParams(scale, torch.tensor(0, dtype=torch.int32), self.scheme, None)
 
     def extra_repr(self) -> str:
-        return f"PACT {self.scheme}, alpha={self.alpha.item():.4g}"
+        return f"{self._describe('PACT')}, alpha={self.alpha.item():.4g}"
 
 
 def pact_regularizer(model: nn.Module, weight: float = 1e-4) -> Tensor:
@@ -193,6 +374,19 @@ def pact_regularizer(model: nn.Module, weight: float = 1e-4) -> Tensor:
     if not terms:
         return torch.zeros(())
     return weight * torch.stack(terms).sum()
+
+
+def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of every learnable quantizer in ``model`` (steps, offsets, clip levels)."""
+    seen: set[int] = set()
+    params: list[nn.Parameter] = []
+    for m in model.modules():
+        if isinstance(m, _Learnable):
+            for p in m.parameters(recurse=False):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+    return params
 
 
 LEARNABLE = {"lsq": LSQ, "lsq+": LSQPlus, "pact": PACT}

@@ -12,6 +12,12 @@ Its mode says what forward does:
 
 For QAT the weight quantizer runs in mode "track": it re-derives (S, Z) from the current float
 weights on every forward (weights re-quantized from the float shadow after every update).
+
+Stochastic rounding (``Scheme(rounding="stochastic")``, with a ``generator``) is a training-time
+estimator: it applies while the module is in training mode; in eval mode the quantizer rounds to
+nearest (half to even), as the deployed model does — ONNX QuantizeLinear and the integer engine
+round to nearest, so an evaluation before `zp.convert` measures what will be deployed, and
+`to_nearest` (called by conversion) makes it permanent.
 """
 
 from __future__ import annotations
@@ -21,9 +27,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zeropoint.functional import fake_quantize
+from zeropoint.functional import as_generator, fake_quantize
 from zeropoint.observers.registry import calibrate, make_observer
 from zeropoint.qparams import QParams, Scheme
+
+
+def nearest(scheme: Scheme) -> Scheme:
+    """``scheme`` rounding to nearest (half to even) where it rounds stochastically."""
+    return scheme.with_(rounding="half_even") if scheme.rounding == "stochastic" else scheme
+
 
 MODES = ("observe", "quantize", "dynamic", "track", "learn", "off")
 
@@ -37,8 +49,13 @@ class FakeQuant(nn.Module):
         observer: str = "minmax",
         observer_options: dict[str, Any] | None = None,
         mode: str = "observe",
+        generator: torch.Generator | int | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(scheme, Scheme):
+            raise TypeError(f"FakeQuant needs a Scheme, got {type(scheme).__name__}")
+        # stochastic rounding draws from this generator (never from the global RNG)
+        self.generator = as_generator(generator, scheme)
         self.scheme = scheme
         self.observer_name = observer
         self.observer_options = dict(observer_options or {})
@@ -73,13 +90,28 @@ class FakeQuant(nn.Module):
             self.observer.update(x)
             qp = self.observer.qparams()
             self.set_qparams(qp)
-            return fake_quantize(x, qp)
+            return self._fake_quantize(x, qp)
         if mode in ("dynamic", "track"):
             qp = calibrate(x.detach(), self.scheme, self.observer_name, **self.observer_options)
             if mode == "track":
                 self.set_qparams(qp)
-            return fake_quantize(x, qp)
-        return fake_quantize(x, self.qparams())
+            return self._fake_quantize(x, qp)
+        return self._fake_quantize(x, self.qparams())
+
+    def _fake_quantize(self, x: Tensor, qp: QParams) -> Tensor:
+        """Stochastic rounding while training, to nearest in eval mode (module docstring)."""
+        if qp.scheme.rounding == "stochastic" and not self.training:
+            qp = QParams(qp.scale, qp.zero_point, nearest(qp.scheme), qp.axis)
+        return fake_quantize(x, qp, self.generator)
+
+    def to_nearest(self) -> FakeQuant:
+        """Round to nearest from now on, in every mode (conversion calls it): the scheme's
+        stochastic rounding becomes half to even and the generator is dropped."""
+        if self.scheme.rounding == "stochastic":
+            self.scheme = nearest(self.scheme)
+            self.observer.scheme = self.scheme
+            self.generator = None
+        return self
 
     def freeze(self) -> QParams:
         """Take (S, Z) from the observer and switch to mode "quantize"."""

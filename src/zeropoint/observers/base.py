@@ -13,6 +13,7 @@ statistics. Per-channel observers accept batches whose other dimensions vary (e.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from typing import TypeVar
 
@@ -33,6 +34,10 @@ class Observer(ABC):
     """
 
     def __init__(self, scheme: Scheme | None = None) -> None:
+        if scheme is not None and not isinstance(scheme, Scheme):
+            raise TypeError(
+                f"{type(self).__name__} needs a Scheme (or None), got {type(scheme).__name__}"
+            )
         self.scheme = scheme if scheme is not None else Scheme()
         self.num_batches = 0
         self.num_values = 0
@@ -92,8 +97,16 @@ class Observer(ABC):
         return self
 
     def reset(self) -> None:
-        """Forget everything seen so far."""
-        type(self).__init__(self, self.scheme)  # type: ignore[misc]
+        """Forget everything seen so far; keep the scheme and every option (e.g. the
+        percentile, the number of bins), i.e. the constructor's arguments."""
+        params = inspect.signature(type(self).__init__).parameters
+        options = {
+            name: getattr(self, name)
+            for name, p in params.items()
+            if name not in ("self", "scheme") and p.kind is p.POSITIONAL_OR_KEYWORD
+            and hasattr(self, name)
+        }  # fmt: skip
+        type(self).__init__(self, self.scheme, **options)  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.scheme}, batches={self.num_batches})"

@@ -20,8 +20,11 @@ if TYPE_CHECKING:
 
 
 def _clip_to_data(hist: Histogram, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    lo = torch.maximum(lo, hist.lo)
-    hi = torch.minimum(hi, hist.hi)
+    """Both ends clamped into the data's [min, max]: an estimate that lands beside the data —
+    e.g. an interpolated percentile inside the one bin that holds constant data — becomes the
+    data's own bound, so lo ≤ hi always (constant data c gives [c, c])."""
+    lo = torch.minimum(torch.maximum(lo, hist.lo), hist.hi)
+    hi = torch.maximum(torch.minimum(hi, hist.hi), hist.lo)
     ok = hist.has_range
     return torch.where(ok, lo, torch.zeros_like(lo)), torch.where(ok, hi, torch.zeros_like(hi))
 
@@ -181,7 +184,10 @@ def expected_sq_error(
     (`qparams_from_range` + `fake_quantize`), one candidate per (row, k). Returns (rows, K)."""
     rows, n_points = points.shape
     k = lo.shape[1]
-    per_cand = scheme.with_(axis=0, group_size=None)
+    # stochastic rounding would need random draws here: candidates are ranked by their
+    # round-to-nearest error instead
+    rounding = "half_even" if scheme.rounding == "stochastic" else scheme.rounding
+    per_cand = scheme.with_(axis=0, group_size=None, rounding=rounding)
     out = torch.empty(rows, k, dtype=torch.float64)
     step = max(1, budget // max(k * n_points, 1))
     x32 = points.to(torch.float32)

@@ -164,6 +164,8 @@ class HistogramObserver(Observer):
 
     def __init__(self, scheme: Scheme | None = None, bins: int = 4096) -> None:
         super().__init__(scheme)
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 8 or bins & (bins - 1):
+            raise ValueError(f"bins={bins!r} must be a power of two >= 8")
         self.bins = bins
         self.hist: Histogram | None = None
 
@@ -197,8 +199,16 @@ class Percentile(HistogramObserver):
 
     def __init__(self, scheme: Scheme | None = None, percentile: float = 99.99, bins: int = 4096):
         super().__init__(scheme, bins)
+        if isinstance(percentile, bool) or not isinstance(percentile, int | float):
+            raise TypeError(f"percentile must be a number, got {percentile!r}")
         if not 0.0 < percentile <= 100.0:
             raise ValueError(f"percentile={percentile} must lie in (0, 100]")
+        if not self.scheme.symmetric and percentile < 50.0:
+            raise ValueError(
+                f"percentile={percentile} with an asymmetric scheme would clip at the "
+                f"{100 - percentile:g}th and {percentile:g}th percentiles, a range with its ends "
+                "swapped: use a percentile in [50, 100]"
+            )
         self.percentile = percentile
 
     def estimate(self, hist: Histogram) -> tuple[Tensor, Tensor]:

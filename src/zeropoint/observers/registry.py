@@ -21,6 +21,9 @@ OBSERVERS: dict[str, type[Observer]] = {
     "aciq": ACIQ,
 }
 
+#: methods whose estimator assumes uniform integer levels (KL over 2^b bins, ACIQ's noise term)
+INTEGER_ONLY = ("entropy", "aciq")
+
 
 def make_observer(method: str, scheme: Scheme | None = None, **options: Any) -> Observer:
     """A fresh observer for ``method`` (one of `OBSERVERS`) with its options."""
@@ -30,6 +33,12 @@ def make_observer(method: str, scheme: Scheme | None = None, **options: Any) -> 
         raise ValueError(
             f"unknown calibration method {method!r}: expected one of {sorted(OBSERVERS)}"
         ) from None
+    if isinstance(scheme, Scheme) and scheme.float_format is not None and method in INTEGER_ONLY:
+        raise ValueError(
+            f"calibration method {method!r} models the error of a uniform integer grid; "
+            f"{scheme} is a float format: use 'minmax' (amax scaling), 'moving_average', "
+            "'percentile' or 'mse'"
+        )
     return cls(scheme, **options)
 
 

@@ -42,7 +42,8 @@ from torch import Tensor, nn
 from zeropoint.functional import quantize_int
 from zeropoint.nn.modules import QuantMixin
 from zeropoint.nn.quantizers import FakeQuant
-from zeropoint.ptq.capture import (
+from zeropoint.ptq.equalize import tensor_attr
+from zeropoint.ptq.layer_io import (
     GridTracker,
     Rows,
     execution_order,
@@ -50,11 +51,11 @@ from zeropoint.ptq.capture import (
     run,
     take_samples,
 )
-from zeropoint.ptq.equalize import tensor_attr
+from zeropoint.ptq.simulation import simulate
 from zeropoint.ptq.topology import activation_function, analyse
 from zeropoint.qparams import QParams
 from zeropoint.workflows.config import QuantConfig
-from zeropoint.workflows.static import activation_quantizers, quantize_static
+from zeropoint.workflows.static import activation_quantizers
 
 ZETA, GAMMA = 1.1, -0.1
 #: Fewest samples AdaRound accepts (see `adaround`'s ``num_samples``).
@@ -137,7 +138,8 @@ def adaround(
 ) -> nn.Module:
     """Quantize ``model`` with ``config`` (weights by AdaRound) and return the converted model.
 
-    ``model``: a float model (quantized here with ``zp.quantize_static(model, samples, config)``:
+    ``model``: a float model (quantized here with ``zp.quantize_static(model, samples, config)``, weight-only configs
+    included (`zeropoint.ptq.simulation.simulate`):
     activation ranges are calibrated with round-to-nearest weights first) or a model already
     converted by a zeropoint workflow (its (S, Z) are kept). ``data``: a tensor of samples or
     batches; the first ``num_samples`` are cached and used for calibration and reconstruction
@@ -158,7 +160,7 @@ def adaround(
         model_q = copy.deepcopy(model)
     else:
         batches = [x[i : i + batch_size] for i in range(0, x.shape[0], batch_size)]
-        model_q = quantize_static(model, batches, config, progress=progress)
+        model_q = simulate(model, batches, config, progress=progress)
     report = AdaRoundReport(num_samples=num_samples)
     targets = _target_layers(model_q, x[:1], layers, report)
     topo = analyse(model_q)

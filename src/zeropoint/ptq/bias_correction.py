@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from zeropoint.nn.modules import QuantMixin
 from zeropoint.nn.quantizers import FakeQuant
 from zeropoint.ptq.adaround import MARK as ADAROUND_MARK
-from zeropoint.ptq.capture import quantizers_off, take_samples
 from zeropoint.ptq.equalize import channel_stats, set_tensor, tensor_attr, weight_of
+from zeropoint.ptq.layer_io import float_simulation, quantizers_off, take_samples
 from zeropoint.ptq.topology import BATCHNORMS, ChannelClip, analyse, find_input_sources
 
 CORRECTION_KEY = "_zeropoint_bias_correction"
@@ -110,15 +110,22 @@ def correct_bias(
             else:
                 ref = _channel_mean(_float_layer_output(mod, reference, name, args[0]), dim)
             eps = mean_q - ref
-            _shift_bias(mod, -eps)
+            # the layer adds its bias as S_b·round(b / S_b): shift the bias it really adds, and
+            # pass on the shift it really applies after rounding (|applied + eps| ≤ S_b / 2)
+            before = _effective_bias(mod)
+            if before is None:
+                before = torch.zeros_like(eps, dtype=torch.float64)
+            set_tensor(mod, "bias", before - eps)
+            after = _effective_bias(mod)
+            applied = (after if after is not None else before) - before
             corrections[name] = eps
             shape = [1] * out.dim()
             shape[dim] = -1
-            return out - eps.reshape(shape).to(out.dtype)
+            return out + applied.reshape(shape).to(out.dtype)
 
         handles.append(layer.register_forward_hook(hook))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), float_simulation(model_q):  # pre-activation outputs, not the kernels'
             model_q(x)
     finally:
         for h in handles:
@@ -240,6 +247,12 @@ def _float_layer_output(
         return layer.forward(x)  # type: ignore[no-any-return]
     finally:
         layer.input_quant, wq.mode = saved_in, saved_mode
+
+
+def _effective_bias(layer: nn.Module) -> Tensor | None:
+    """The bias the layer adds, as its forward pass uses it (quantized where it is)."""
+    bias = layer.quantized_bias() if isinstance(layer, QuantMixin) else tensor_attr(layer, "bias")
+    return None if bias is None else bias.detach().double()
 
 
 def _shift_bias(layer: nn.Module, delta: Tensor) -> None:

@@ -1,195 +1,120 @@
-"""Feeding samples through a model and catching what a layer sees, with forward hooks only.
+"""Layer-by-layer calibration for the weight-only algorithms (GPTQ, AWQ): the inputs each
+Linear layer sees, with the layers before it already quantized.
 
-* `take_samples` turns calibration data (a tensor, or batches of tensors / (x, y) pairs) into
-  one tensor of at most ``n`` samples: the algorithms re-batch it themselves.
-* `quantizers_off` turns every `FakeQuant` of a simulated model off for a block: the model then
-  computes its float function (batch norms already folded), with the very same layer objects.
-* `run` feeds samples in batches; `stop_after` ends a forward pass as soon as a hooked layer has
-  been seen (a layer near the input costs a fraction of a pass).
-* `Rows` stores sampled rows of a layer's input compactly: as integer codes when the input lies
-  on a known quantization grid (exact, 1 byte per value at 8 bits), else as float16.
+GPTQ and AWQ quantize a layer from statistics of its calibration inputs X (M rows × K input
+channels): GPTQ from the Hessian of the layer's squared output error, H = 2·XᵀX / M; AWQ from
+the mean magnitude of each input channel and a sample of rows to score candidate scales. Both
+are run *sequentially* (Frantar et al. 2022, §4): a layer's statistics are collected on the
+model whose earlier layers are already quantized, so each layer also corrects the error that
+reaches it. One calibration pass serves every pending layer that receives the very same input
+tensor (the query, key and value projections of an attention block), so a transformer block of
+four distinct inputs costs four passes.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from zeropoint.functional import quantize_int
-from zeropoint.nn.quantizers import FakeQuant
-from zeropoint.qparams import QParams
+CalibData = Iterable[Any] | Callable[[nn.Module], Any]
+#: input rows kept per layer for scoring candidates (AWQ), in calibration order
+SAMPLE_ROWS = 4096
 
 
-class StopForward(Exception):
-    """Raised by a hook to end a forward pass early (caught by `run`)."""
+class LayerInputs:
+    """Statistics of one layer's inputs: Σ xᵀx (float64), Σ|x| per channel, row count and a
+    sample of the first `SAMPLE_ROWS` rows; ``signature`` identifies the input tensors seen."""
+
+    def __init__(self, features: int, keep_rows: int = SAMPLE_ROWS) -> None:
+        self.xtx = torch.zeros(features, features, dtype=torch.float64)
+        self.abs_sum = torch.zeros(features, dtype=torch.float64)
+        self.rows = 0
+        self.keep_rows = keep_rows
+        self.samples: list[Tensor] = []
+        self.signature: list[tuple[int, tuple[int, ...]]] = []
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0]
+        self.signature.append((x.data_ptr(), tuple(x.shape)))
+        x2 = x.detach().reshape(-1, x.shape[-1]).double()
+        self.xtx += x2.T @ x2
+        self.abs_sum += x2.abs().sum(0)
+        kept = sum(s.shape[0] for s in self.samples)
+        if kept < self.keep_rows:
+            self.samples.append(x2[: self.keep_rows - kept].float().clone())
+        self.rows += x2.shape[0]
+
+    def hessian(self) -> Tensor:
+        """H = 2·XᵀX / M (float64): the Hessian of Σ‖x·(W − Ŵ)ᵀ‖² / M with respect to a row of W."""
+        if self.rows == 0:
+            raise ValueError("the layer saw no calibration input")
+        return 2.0 * self.xtx / self.rows
+
+    def mean_abs(self) -> Tensor:
+        """Mean |x_j| per input channel (float32)."""
+        return (self.abs_sum / max(self.rows, 1)).float()
+
+    def sample(self) -> Tensor:
+        """Up to `SAMPLE_ROWS` input rows (float32)."""
+        return torch.cat(self.samples)
 
 
-def take_samples(data: Any, n: int | None = None) -> Tensor:
-    """The first ``n`` samples of ``data`` (all when ``n`` is None) as one tensor.
+def run_calibration(model: nn.Module, calib_data: CalibData) -> None:
+    """Run the model on every calibration batch (or call ``calib_data(model)``), without grad."""
+    from zeropoint.workflows.static import _inputs
 
-    ``data``: a tensor (dimension 0 indexes samples) or an iterable of batches, each a tensor
-    or a (x, y)/[x, ...] sequence whose first element is the input."""
-    if isinstance(data, Tensor):
-        return data if n is None else data[:n]
-    parts: list[Tensor] = []
-    count = 0
-    for batch in data:
-        x = batch[0] if isinstance(batch, tuple | list) and batch else batch
-        if not isinstance(x, Tensor):
-            raise TypeError(
-                f"expected batches of tensors or (x, y) pairs, got {type(batch).__name__}: the "
-                "post-training algorithms feed a single input tensor to the model"
-            )
-        parts.append(x.detach())
-        count += x.shape[0]
-        if n is not None and count >= n:
-            break
-    if not parts:
-        raise ValueError("the data is empty: give at least one batch of samples")
-    out = torch.cat(parts)
-    return out if n is None else out[:n]
-
-
-def fake_quants(model: nn.Module) -> list[FakeQuant]:
-    return [m for m in model.modules() if isinstance(m, FakeQuant)]
-
-
-@contextlib.contextmanager
-def quantizers_off(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block every FakeQuant passes its input through (the float model)."""
-    quantizers = fake_quants(model)
-    previous = [q.mode for q in quantizers]
-    for q in quantizers:
-        q.mode = "off"
-    try:
-        yield model
-    finally:
-        for q, mode in zip(quantizers, previous, strict=True):
-            q.mode = mode
-
-
-@torch.no_grad()
-def run(
-    model: nn.Module, x: Tensor, batch_size: int, on_batch: Callable[[int], None] | None = None
-) -> None:
-    """Feed ``x`` through ``model`` in batches (``on_batch(start)`` before each); a
-    `StopForward` raised by a hook ends that batch's pass."""
-    for start in range(0, x.shape[0], batch_size):
-        if on_batch is not None:
-            on_batch(start)
-        with contextlib.suppress(StopForward):
-            model(x[start : start + batch_size])
-
-
-def execution_order(model: nn.Module, x: Tensor, modules: dict[str, nn.Module]) -> dict[str, int]:
-    """How often each of ``modules`` runs in one forward pass of ``x``, in order of first call."""
-    calls: dict[str, int] = {}
-    handles = []
-    for name, module in modules.items():
-
-        def hook(mod: nn.Module, args: Any, name: str = name) -> None:
-            calls[name] = calls.get(name, 0) + 1
-
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return calls
-
-
-class GridTracker:
-    """Remembers the last outputs of activation FakeQuants during a pass, so that a layer's input
-    can be recognised as lying on a known grid (the same tensor object) and stored as integer
-    codes. Only the most recent ``keep`` outputs are held (a layer's input quantizer runs just
-    before it), so a long pass does not keep every activation alive."""
-
-    def __init__(self, quantizers: Iterable[FakeQuant], keep: int = 8) -> None:
-        self.seen: collections.deque[tuple[Tensor, QParams]] = collections.deque(maxlen=keep)
-        self.handles = []
-        for q in quantizers:
-            self.handles.append(q.register_forward_hook(self._hook))
-
-    def _hook(self, module: nn.Module, args: Any, output: Tensor) -> None:
-        assert isinstance(module, FakeQuant)
-        if module.mode == "quantize" and module.frozen and module.scale.dim() == 0:
-            self.seen.append((output, module.qparams()))
-
-    def grid_of(self, x: Tensor) -> QParams | None:
-        for tensor, qp in reversed(self.seen):
-            if tensor is x:
-                return qp
-        return None
-
-    def clear(self) -> None:
-        self.seen.clear()
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.seen.clear()
-
-
-class Rows:
-    """Rows of float values kept compactly: integer codes on a per-tensor grid, or float16."""
-
-    def __init__(self) -> None:
-        self.parts: list[Tensor] = []
-        self.qparams: QParams | None = None
-        self.exact = True
-
-    def add(self, values: Tensor, grid: QParams | None) -> None:
-        if grid is not None and (self.qparams is None or _same(self.qparams, grid)) and self.exact:
-            self.qparams = grid
-            self.parts.append(quantize_int(values, grid))
+    with torch.no_grad():
+        if callable(calib_data):
+            calib_data(model)
             return
-        if self.parts and self.exact and self.qparams is not None:
-            self.parts = [self._decode(p).to(torch.float16) for p in self.parts]
-        self.exact = False
-        self.parts.append(values.to(torch.float16))
-
-    def finish(self) -> Tensor:
-        if not self.parts:
-            raise ValueError("no rows were captured (the layer never ran)")
-        return torch.cat(self.parts)
-
-    def decode(self, codes: Tensor) -> Tensor:
-        """Float32 values of stored rows (a slice of `finish()`)."""
-        return self._decode(codes)
-
-    def _decode(self, codes: Tensor) -> Tensor:
-        if codes.dtype == torch.float16:
-            return codes.float()
-        assert self.qparams is not None
-        return (codes.float() - float(self.qparams.zero_point)).mul_(float(self.qparams.scale))
-
-    @property
-    def bytes_per_value(self) -> int:
-        return self.parts[0].element_size() if self.parts else 0
+        n = 0
+        for batch in calib_data:
+            args, kwargs = _inputs(batch)
+            model(*args, **kwargs)
+            n += 1
+        if n == 0:
+            raise ValueError("the calibration data is empty")
 
 
-def _same(a: QParams, b: QParams) -> bool:
-    return (
-        a.scheme == b.scheme
-        and bool(torch.equal(a.scale, b.scale))
-        and bool(torch.equal(a.zero_point, b.zero_point))
-    )
-
-
-__all__ = [
-    "GridTracker",
-    "Rows",
-    "StopForward",
-    "execution_order",
-    "fake_quants",
-    "quantizers_off",
-    "run",
-    "take_samples",
-]
+def quantize_sequentially(
+    model: nn.Module,
+    names: Sequence[str],
+    calib_data: CalibData,
+    quantize: Callable[[str, nn.Linear, LayerInputs], nn.Module],
+    keep_rows: int = SAMPLE_ROWS,
+) -> None:
+    """Replace each named Linear of ``model`` (in place, in the given order) by
+    ``quantize(name, layer, inputs)``, where ``inputs`` were recorded with every earlier layer
+    already replaced. Layers that received the same input tensors in a pass as the first
+    pending layer are replaced from that same pass."""
+    if not callable(calib_data):
+        calib_data = list(calib_data)
+        if not calib_data:
+            raise ValueError("the calibration data is empty")
+    pending = list(names)
+    while pending:
+        stats: dict[str, LayerInputs] = {}
+        hooks = []
+        for name in pending:
+            layer = model.get_submodule(name)
+            if not isinstance(layer, nn.Linear):
+                raise TypeError(f"{name!r} is a {type(layer).__name__}, not a Linear layer")
+            stats[name] = LayerInputs(layer.in_features, keep_rows)
+            hooks.append(layer.register_forward_pre_hook(stats[name]))
+        try:
+            run_calibration(model, calib_data)
+        finally:
+            for h in hooks:
+                h.remove()
+        first = pending[0]
+        if stats[first].rows == 0:
+            raise ValueError(f"layer {first!r} saw no calibration input: is it used by forward?")
+        group = [n for n in pending if stats[n].signature == stats[first].signature]
+        for name in group:
+            layer = model.get_submodule(name)
+            assert isinstance(layer, nn.Linear)
+            model.set_submodule(name, quantize(name, layer, stats[name]))
+        pending = [n for n in pending if n not in group]

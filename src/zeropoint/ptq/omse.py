@@ -35,9 +35,9 @@ from zeropoint.nn.modules import QuantMixin
 from zeropoint.nn.quantizers import FakeQuant
 from zeropoint.observers.registry import calibrate
 from zeropoint.ptq.omse_observer import OMSE, omse_range, squared_errors
+from zeropoint.ptq.simulation import simulate
 from zeropoint.qparams import QParams
 from zeropoint.workflows.config import QuantConfig, int8_static
-from zeropoint.workflows.static import quantize_static
 
 REPORT_KEY = "_zeropoint_omse"
 
@@ -127,7 +127,7 @@ def omse(
     if dual_threshold is not None and not dual_threshold > 0:
         raise ValueError(f"dual_threshold={dual_threshold} must be positive (or None)")
     cfg = (config or int8_static()).with_(weight_observer="omse", activation_observer="omse")
-    model_q = quantize_static(model, data, cfg, progress=progress)
+    model_q = simulate(model, data, cfg, progress=progress)
     report = OMSEReport()
     for name, layer in model_q.named_modules():
         if not isinstance(layer, QuantMixin) or not isinstance(layer.weight_quant, FakeQuant):

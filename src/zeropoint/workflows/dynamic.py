@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from zeropoint.nn.dynamic import DynamicQuantLinear, fbgemm_saturates, smoothing_from_range
+from zeropoint.nn.dynamic import DynamicQuantLinear, smoothing_from_range
 from zeropoint.nn.weight_only import WeightOnlyEmbedding, WeightOnlyLinear
 from zeropoint.qparams import Scheme
-from zeropoint.workflows.config import QuantConfig, int8_dynamic
+from zeropoint.workflows.config import QuantConfig, resolve_config
 from zeropoint.workflows.graph import QuantState
 
 #: a costlier mode is chosen only where its error on the calibration inputs is below this
@@ -140,6 +140,25 @@ def _economise(
                 break
 
 
+def selected_layers(
+    model: nn.Module, config: QuantConfig
+) -> list[tuple[str, Any, tuple[Scheme | None, Scheme | None]]]:
+    """(name, layer, (weight scheme, activation scheme)) of every Linear and Embedding whose
+    weights the config quantizes; an error when there is none."""
+    targets = []
+    for name, module in model.named_modules():
+        if type(module) not in (nn.Linear, nn.Embedding):
+            continue
+        resolved = config.resolve(name, module)
+        if resolved is not None and resolved[0] is not None:
+            targets.append((name, module, resolved))
+    if not targets:
+        raise ValueError(
+            f"{type(model).__name__} has no Linear or Embedding layer that the config selects"
+        )
+    return targets
+
+
 def quantize_dynamic(
     model: nn.Module,
     config: QuantConfig | None = None,
@@ -151,10 +170,11 @@ def quantize_dynamic(
     `WeightOnlyLinear` (config.activation is None: weight-only), and every Embedding it selects
     for `WeightOnlyEmbedding` (codes per row, or per group within a row).
 
-    ``reduce_range``: "auto" keeps 8-bit weights and activations where fbgemm's products are
-    exact (VNNI) and uses 7-bit weights where they would saturate (see `zeropoint.nn.dynamic`); True quantizes activations to
-    7 bits instead (torch.ao's choice); False forces 8/8 (may saturate without VNNI)."""
-    config = config or int8_dynamic()
+    ``reduce_range``: "auto" (or False) quantizes activations to 8 bits and weights to 8 bits —
+    full int8 where fbgemm's products are exact (VNNI), pair-bounded int8 where its int16 pair
+    sums would saturate (see `zeropoint.nn.dynamic`), so the kernel is exact on every x86 CPU;
+    True quantizes activations to 7 bits instead (torch.ao's choice) with full int8 weights."""
+    config = resolve_config(config, "dynamic")
     if not config.dynamic and config.activation is not None:
         raise ValueError(
             "quantize_dynamic needs a dynamic config (activations chosen at run time, e.g. "
@@ -167,18 +187,7 @@ def quantize_dynamic(
     model = model if inplace else copy.deepcopy(model)
     config.check_names(model)
     state = QuantState(config, "dynamic" if config.dynamic else "weight_only", capture="module")
-    targets = []
-    for name, module in model.named_modules():
-        if type(module) not in (nn.Linear, nn.Embedding):
-            continue
-        resolved = config.resolve(name, module)
-        if resolved is None or resolved[0] is None:
-            continue
-        targets.append((name, module, resolved))
-    if not targets:
-        raise ValueError(
-            f"{type(model).__name__} has no Linear or Embedding layer that the config selects"
-        )
+    targets = selected_layers(model, config)
     stats: dict[str, _InputStats] = {}
     reference: Tensor | None = None
     if calib_data is not None and not callable(calib_data):
@@ -194,7 +203,6 @@ def quantize_dynamic(
         finally:
             for h in hooks:
                 h.remove()
-    seven_bit_weights = reduce_range == "auto" and fbgemm_saturates()
     rr = reduce_range is True
     choices: dict[str, tuple[list[DynamicQuantLinear], int]] = {}
     for name, module, (w_scheme, a_scheme) in targets:
@@ -203,12 +211,11 @@ def quantize_dynamic(
         if isinstance(module, nn.Embedding):
             new = WeightOnlyEmbedding(module, w_scheme)  # a lookup has no activation to quantize
         elif config.dynamic and a_scheme is not None:
-            scheme = w_scheme.with_(bits=7) if seven_bit_weights else w_scheme
             if name in stats and stats[name].lo is not None:
-                choices[name] = _candidates(module, stats[name], scheme, rr)
+                choices[name] = _candidates(module, stats[name], w_scheme, rr)
                 new = choices[name][0][choices[name][1]]
             else:
-                new = DynamicQuantLinear(module, scheme, config.per_token, rr)
+                new = DynamicQuantLinear(module, w_scheme, config.per_token, rr)
         else:
             new = WeightOnlyLinear(module, w_scheme)
         model.set_submodule(name, new)

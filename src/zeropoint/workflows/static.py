@@ -16,7 +16,7 @@ export compute, up to rounding of the requantization (±1 LSB).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -27,35 +27,97 @@ from zeropoint.nn.modules import QuantMixin
 from zeropoint.nn.quantizers import FakeQuant
 from zeropoint.observers.registry import calibrate
 from zeropoint.qparams import Scheme
-from zeropoint.workflows.config import QuantConfig, int8_static
+from zeropoint.workflows.config import QuantConfig, resolve_config
 from zeropoint.workflows.graph import instrument, state_of
 
 LEARNABLE_TYPES = (LSQ, LSQPlus, PACT)
 
 
+class ModelSnapshot:
+    """Enough of a model's state to undo an in-place workflow that failed midway: every
+    module's attribute dicts (the same child, parameter and buffer objects) and a copy of every
+    parameter's and buffer's values (batch-norm folding writes into the weights). Costs one copy
+    of the tensors while the workflow runs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = [
+            (m, dict(m.__dict__), dict(m._modules), dict(m._parameters), dict(m._buffers))
+            for m in model.modules()
+        ]
+        tensors: dict[int, tuple[Tensor, Tensor]] = {}
+        for m in model.modules():
+            for t in [*m._parameters.values(), *m._buffers.values()]:
+                if t is not None and id(t) not in tensors:
+                    tensors[id(t)] = (t, t.detach().clone())
+        self.tensors = list(tensors.values())
+
+    def restore(self) -> None:
+        for m, attrs, modules, params, buffers in self.modules:
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+            m.__dict__["_modules"] = modules
+            m.__dict__["_parameters"] = params
+            m.__dict__["_buffers"] = buffers
+        with torch.no_grad():
+            for t, saved in self.tensors:
+                t.copy_(saved)
+
+
+@contextlib.contextmanager
+def restored_on_failure(model: nn.Module, inplace: bool) -> Iterator[None]:
+    """Within the block, an exception restores ``model`` (when working in place) and
+    propagates."""
+    snapshot = ModelSnapshot(model) if inplace else None
+    try:
+        yield
+    except BaseException:
+        if snapshot is not None:
+            snapshot.restore()
+        raise
+
+
 def prepare(
-    model: nn.Module, config: QuantConfig | None = None, inplace: bool = False
+    model: nn.Module,
+    config: QuantConfig | str | None = None,
+    inplace: bool = False,
+    concrete_args: dict[str, Any] | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with layers swapped and activation observers in place (observe mode).
-    The model must be in eval mode: calibration uses the inference behaviour (BN running stats)."""
-    config = config or int8_static()
+    The model must be in eval mode: calibration uses the inference behaviour (BN running stats).
+    ``config``: a QuantConfig, a preset name ("int8_static") or None (int8_static()).
+    ``concrete_args``: forward's Python arguments to capture the graph with (default: their
+    default values; see `zeropoint.workflows.capture`)."""
+    cfg = _check_static(model, config)
+    with restored_on_failure(model, inplace):
+        return _prepare(model, cfg, inplace, concrete_args)
+
+
+def _check_static(model: nn.Module, config: QuantConfig | str | None) -> QuantConfig:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"static quantization needs an nn.Module, got {type(model).__name__}")
+    cfg = resolve_config(config, "static")
     if model.training:
         raise ValueError(
             f"{type(model).__name__} is in training mode; static quantization calibrates the "
             "inference behaviour (batch-norm running statistics, no dropout): call model.eval() "
             "first (or use zp.prepare_qat for quantization-aware training)"
         )
+    return cfg
 
+
+def _prepare(
+    model: nn.Module, cfg: QuantConfig, inplace: bool, concrete_args: dict[str, Any] | None = None
+) -> nn.Module:
     def weight_quant(scheme: Scheme, name: str) -> nn.Module:
         # "track": (S, Z) from the weight itself, so calibration sees the quantized weights
-        return FakeQuant(scheme, config.weight_observer, mode="track")
+        return FakeQuant(scheme, cfg.weight_observer, mode="track")
 
     def act_quant(scheme: Scheme, name: str) -> nn.Module:
-        return FakeQuant(
-            scheme, config.activation_observer, config.observer_options, mode="observe"
-        )
+        return FakeQuant(scheme, cfg.activation_observer, cfg.observer_options, mode="observe")
 
-    return instrument(model, config, "static", weight_quant, act_quant, inplace=inplace)
+    return instrument(
+        model, cfg, "static", weight_quant, act_quant, inplace=inplace, concrete_args=concrete_args
+    )
 
 
 def activation_quantizers(model: nn.Module) -> list[FakeQuant]:
@@ -83,20 +145,37 @@ def calibrating(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def _inputs(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Model arguments from a loader item: a tensor, an (x, y) pair/list, or a dict of kwargs."""
+    """Model arguments from a loader item: a tensor (the one argument), an (x, y) pair/list
+    (x is the argument, y the label), or any mapping — a dict, a transformers BatchEncoding —
+    of keyword arguments."""
     if isinstance(batch, Tensor):
         return (batch,), {}
-    if isinstance(batch, dict):
-        return (), batch
+    if isinstance(batch, Mapping):
+        bad = [k for k in batch if not isinstance(k, str)]
+        if bad:
+            raise TypeError(
+                f"a mapping calibration item is passed as keyword arguments, so its keys must be "
+                f"strings; got {bad[0]!r}"
+            )
+        return (), dict(batch)
     if isinstance(batch, tuple | list) and batch:
         return (batch[0],), {}
-    raise TypeError(f"cannot feed a calibration item of type {type(batch).__name__} to the model")
+    raise TypeError(
+        f"cannot feed a calibration item of type {type(batch).__name__} to the model: expected "
+        "a tensor, an (inputs, labels) tuple/list, or a mapping of keyword arguments"
+    )
 
 
 def calibrate_model(
     model: nn.Module, data: Iterable[Any], progress: bool = True, max_batches: int | None = None
 ) -> int:
     """Feed ``data`` through a prepared model in observe mode; returns the number of batches."""
+    if isinstance(data, Tensor | Mapping) or not isinstance(data, Iterable):
+        raise TypeError(
+            f"calibration data must be an iterable of batches (a list, a DataLoader), got "
+            f"{type(data).__name__}"
+            + (": wrap a single batch in a list" if isinstance(data, Tensor) else "")
+        )
     n = 0
     items: Iterable[Any] = data
     if progress:
@@ -150,11 +229,23 @@ def convert(model: nn.Module) -> nn.Module:
 def quantize_static(
     model: nn.Module,
     calib_data: Iterable[Any],
-    config: QuantConfig | None = None,
+    config: QuantConfig | str | None = None,
     inplace: bool = False,
     progress: bool = True,
+    concrete_args: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """prepare → calibrate on ``calib_data`` (any iterable of batches) → convert."""
-    prepared = prepare(model, config, inplace=inplace)
-    calibrate_model(prepared, calib_data, progress=progress)
-    return convert(prepared)
+    """prepare → calibrate on ``calib_data`` (any iterable of batches: tensors, (x, y) pairs,
+    or mappings of keyword arguments) → convert. ``config``: a QuantConfig, a preset name or
+    None (int8_static()). With ``inplace=True`` a failure at any step (a loader that raises,
+    say) restores ``model`` before the error propagates. ``concrete_args``: as in `prepare`;
+    by default the non-tensor keyword arguments of the first calibration batch (a mapping, in
+    a list or tuple of batches) are taken as constants."""
+    cfg = _check_static(model, config)
+    if concrete_args is None and isinstance(calib_data, list | tuple) and calib_data:
+        first = calib_data[0]
+        if isinstance(first, Mapping):
+            concrete_args = {k: v for k, v in first.items() if not isinstance(v, Tensor)}
+    with restored_on_failure(model, inplace):
+        prepared = _prepare(model, cfg, inplace, concrete_args)
+        calibrate_model(prepared, calib_data, progress=progress)
+        return convert(prepared)
