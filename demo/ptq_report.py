@@ -22,6 +22,7 @@ same model, views and metrics:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from zeropoint.datafree.zeroq import distill_data, zeroq_finetune, zeroq_quantiz
 from zeropoint.ptq.adaround import adaround
 from zeropoint.ptq.bias_correction import correct_bias
 from zeropoint.ptq.equalize import equalize
+from zeropoint.ptq.layer_io import float_simulation
 from zeropoint.ptq.omse import omse
 from zeropoint.ptq.simulation import simulate
 
@@ -228,8 +230,12 @@ def _zeroq2(cfg: zp.QuantConfig, options: dict[str, Any]) -> Build:
 
 
 @torch.no_grad()
-def outputs(model: nn.Module, x: Tensor, batch_size: int = 32) -> Tensor:
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+def outputs(model: nn.Module, x: Tensor, batch_size: int = 32, float_sim: bool = False) -> Tensor:
+    """``model``'s outputs on ``x`` in batches; ``float_sim``: converted layers compute their float
+    simulation instead of the integer kernel they run at inference (same function up to the
+    rounding of the requantization; several times faster on CPUs without VNNI)."""
+    with float_simulation(model) if float_sim else contextlib.nullcontext():
+        return torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
 
 def ptq_table(
@@ -241,12 +247,16 @@ def ptq_table(
     *,
     batch_size: int = 32,
     progress: bool = True,
+    float_sim: bool = False,
+    on_row: Callable[[Row], None] | None = None,
 ) -> list[Row]:
     """Run every recipe on ``model`` (float, eval mode) with ``calib`` and score its outputs on
     ``eval_inputs`` with ``metric``; the first row is fp32 itself. Wall and CPU seconds cover
     quantization only (not the evaluation)."""
     recipes = list(recipes) if recipes is not None else default_recipes()
     rows = [Row("fp32", "fp32", "fp32", metric(outputs(model, eval_inputs, batch_size)), 0.0, 0.0)]
+    if on_row is not None:
+        on_row(rows[0])
     items: Any = recipes
     if progress:
         from tqdm.auto import tqdm
@@ -256,8 +266,10 @@ def ptq_table(
         t0, c0 = time.perf_counter(), time.process_time()
         q = r.build(model, calib)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-        scores = metric(outputs(q, eval_inputs, batch_size))
+        scores = metric(outputs(q, eval_inputs, batch_size, float_sim))
         rows.append(Row(r.method, r.weights, r.activations, scores, seconds, cpu, r.note))
+        if on_row is not None:
+            on_row(rows[-1])
     _DISTILLED.clear()
     return rows
 
@@ -318,13 +330,16 @@ def metrics(logits_q: Tensor, logits_fp: Tensor) -> dict[str, float]:
 
 
 def mobilenet_v2_table(
-    recipes: Sequence[Recipe] | None = None, n_eval: int = 256, n_calib: int = 64
+    recipes: Sequence[Recipe] | None = None,
+    n_eval: int = 256,
+    n_calib: int = 64,
+    **table_options: Any,
 ) -> list[Row]:
     """Issue 9's table: MobileNetV2 (ImageNet weights) on scikit-image views."""
     model, cal, ev, reference = mobilenet_protocol(n_eval, n_calib)
     if recipes is None:
         recipes = default_recipes(zeroq_options={"input_stats": (0.0, 1.0)})
-    return ptq_table(model, cal, ev, lambda out: metrics(out, reference), recipes)
+    return ptq_table(model, cal, ev, lambda out: metrics(out, reference), recipes, **table_options)
 
 
 def zoo_table(
@@ -332,6 +347,7 @@ def zoo_table(
     recipes: Sequence[Recipe] | None = None,
     n_calib: int = 256,
     cache_dir: str | None = None,
+    **table_options: Any,
 ) -> list[Row]:
     """The low-bit table of a zoo network trained at run time (``demo.zoo.registry``; trained
     networks are cached in ``cache_dir`` when given)."""
@@ -344,7 +360,7 @@ def zoo_table(
     return ptq_table(
         trained.model.eval(), calib, data.x_test,
         lambda out: {"accuracy": accuracy(out, data.y_test)},
-        recipes if recipes is not None else low_bit_recipes(),
+        recipes if recipes is not None else low_bit_recipes(), **table_options,
     )  # fmt: skip
 
 
@@ -363,6 +379,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--adaround-iterations", type=int, default=1000)
     parser.add_argument("--adaround-batch-rows", type=int, default=512)
+    parser.add_argument(
+        "--float-sim",
+        action="store_true",
+        help="evaluate the converted layers' float simulation, not their integer kernels",
+    )
     parser.add_argument("--zeroq-iterations", type=int, default=500)
     parser.add_argument("--json", default="", help="write the rows to this JSON file")
     parser.add_argument("--threads", type=int, default=2)
@@ -376,17 +397,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         recipes = low_bit_recipes(adaround_options=ada)
     terms = [t.strip().lower() for t in args.only.split(",") if t.strip()]
-    recipes = [r for r in recipes if not terms or any(t in label(r).lower() for t in terms)]
+    if terms:  # in the order of the terms
+        recipes = [r for t in terms for r in recipes if t in label(r).lower()]
+        recipes = list(dict.fromkeys(recipes))
+    done: list[Row] = []
+
+    def on_row(row: Row) -> None:  # each row as soon as it is measured
+        done.append(row)
+        name = f"{row.method} / {row.weights} / {row.activations}"
+        print(name, row.metrics, f"{row.seconds:.1f} s", flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump([asdict(r) for r in done], f, indent=1)
+
+    options: dict[str, Any] = {"float_sim": args.float_sim, "on_row": on_row}
     if args.model == "mobilenet_v2":
-        rows = mobilenet_v2_table(recipes)
+        rows = mobilenet_v2_table(recipes, **options)
         keys = list(MOBILENET_KEYS)
     else:
-        rows = zoo_table(args.model, recipes, cache_dir=args.cache)
+        rows = zoo_table(args.model, recipes, cache_dir=args.cache, **options)
         keys = ["accuracy"]
     print(markdown(rows, keys))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([asdict(r) for r in rows], f, indent=1)
 
 
 if __name__ == "__main__":
