@@ -49,3 +49,6 @@ def calibrate(
     observer = make_observer(method, scheme, **options)
     observer.update(x)
     return observer.qparams()
+
+
+from zeropoint.ptq import omse_observer as _omse  # noqa: E402,F401  (registers "omse")

@@ -35,6 +35,7 @@ from zeropoint.nn.modules import (
     QuantMixin,
     frozen_qparams,
 )
+from zeropoint.nn.quantizers import FakeQuant
 from zeropoint.ops.common import float_refusal, grid, layer_requantizer
 from zeropoint.ops.movement import pad_codes
 from zeropoint.ops.spec import Kernel, OpSpec
@@ -54,6 +55,8 @@ def layer_attrs(
     """Everything a layer's kernel needs: integer weight and bias codes (with the scales the
     simulation uses) and the layer's geometry."""
     base = frozen_qparams(m.weight_quant)
+    if base is None and not isinstance(m.weight_quant, FakeQuant):
+        m.weight_qparams()  # a custom weight quantizer says why it has no single (S, Z)
     if base is None:
         raise ValueError(
             f"layer {where}: its weight quantizer is not frozen (convert the model first)"

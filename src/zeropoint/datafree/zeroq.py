@@ -1,0 +1,344 @@
+"""ZeroQ: quantization with no data (Cai et al. 2020, "ZeroQ: A Novel Zero Shot Quantization
+Framework").
+
+Distilled data: inputs x^r, started from N(0, 1) noise, optimised so that at every batch norm
+the statistics of its input match the running statistics it stored in training (paper eq. 3):
+
+    min_{x^r}  Σ_i ‖μ̃_i^r − μ_i‖²₂ + ‖σ̃_i^r − σ_i‖²₂   (+ the same for the input, optional)
+
+μ̃_i^r, σ̃_i^r: mean and standard deviation per channel of batch norm i's input on x^r (over the
+batch and the spatial positions: ``statistics="batch"``, the paper's equation; or per sample,
+averaged over the batch: ``statistics="sample"``, as ZeroQ's released code does). μ_i, σ_i:
+its running mean and √(running variance + ε). Adam (lr 0.5 by default, halved when the loss
+stops falling, as in ZeroQ's code) runs ``iterations`` steps per batch of samples. No real
+sample is read: only the model's parameters and buffers.
+
+Level 1 (`zeroq_quantize`): static quantization calibrated on distilled data (any observer).
+Level 2 (`zeroq_finetune`): quantization-aware fine-tuning on distilled data with the float
+model as teacher — knowledge distillation on the outputs,
+
+    L = T² · KL(softmax(f(x)/T) ‖ softmax(f̂(x)/T))   (``loss="kl"``)   or   ‖f(x) − f̂(x)‖²
+
+— through the straight-through (or LSQ) quantizers of `zp.prepare_qat`, batch norms frozen at
+their running statistics; then `zp.convert`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zeropoint.ptq.simulation import simulate
+from zeropoint.workflows.config import QuantConfig, int8_static
+from zeropoint.workflows.qat import freeze_bn, prepare_qat
+from zeropoint.workflows.static import convert
+
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+REPORT_KEY = "_zeropoint_zeroq"
+
+
+@dataclass
+class ZeroQReport:
+    """What produced a ZeroQ model: distilled samples, the final statistics loss, seconds."""
+
+    level: int
+    num_samples: int
+    distill_loss: float
+    distill_seconds: float
+    finetune_seconds: float = 0.0
+    finetune_loss: float = float("nan")
+
+
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    bns: list[nn.modules.batchnorm._BatchNorm] = [
+        m
+        for m in model.modules()
+        if isinstance(m, BATCHNORMS) and m.running_mean is not None and m.running_var is not None
+    ]
+    if not bns:
+        raise ValueError(
+            f"ZeroQ needs batch-norm layers with running statistics: the distilled data is made "
+            f"to match each BatchNorm's running mean and variance, and {type(model).__name__} "
+            "has none (pass the float model before its batch norms are folded)"
+        )
+    return bns
+
+
+def distill_data(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    num_samples: int = 64,
+    *,
+    batch_size: int = 32,
+    iterations: int = 500,
+    lr: float = 0.5,
+    statistics: str = "batch",
+    input_stats: tuple[float, float] | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> Tensor:
+    """``num_samples`` distilled inputs of shape ``input_shape`` (per sample) for ``model``
+    (a float model with batch norms, in eval mode). ``input_stats``: (mean, std) the input
+    channels should have (ZeroQ uses (0, 1) for normalised images; None: no input term).
+    Returns a float32 tensor (num_samples, *input_shape); the model is not changed."""
+    if statistics not in ("batch", "sample"):
+        raise ValueError(f"statistics={statistics!r} is unknown: expected 'batch' or 'sample'")
+    if num_samples < 1 or batch_size < 1 or iterations < 1:
+        raise ValueError(
+            f"num_samples={num_samples}, batch_size={batch_size} and iterations={iterations} "
+            "must be positive"
+        )
+    if model.training:
+        raise ValueError(
+            "put the model in eval mode: batch norms must use their running statistics"
+        )
+    bns = _batchnorms(model)
+    seen: dict[int, Tensor] = {}
+    handles = [
+        bn.register_forward_pre_hook(lambda m, args, i=i: seen.__setitem__(i, args[0]))
+        for i, bn in enumerate(bns)
+    ]
+    targets = [
+        (bn.running_mean.detach().float(), torch.sqrt(bn.running_var.detach().float() + bn.eps))  # type: ignore[union-attr,operator]
+        for bn in bns
+    ]
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    batches: list[Tensor] = []
+    bar: Any = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = iterations * -(-num_samples // batch_size)
+        bar = tqdm(total=total, desc="ZeroQ distilling", unit="step", leave=False)
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        for start in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - start)
+            x = torch.randn((n, *input_shape), generator=g).requires_grad_(True)
+            opt = torch.optim.Adam([x], lr=lr)
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, min_lr=1e-4, patience=100)
+            for _ in range(iterations):
+                seen.clear()
+                model(x)
+                loss = torch.zeros(())
+                for i, (mu, sigma) in enumerate(targets):
+                    if i in seen:
+                        loss = loss + _stat_loss(seen[i], mu, sigma, statistics)
+                if input_stats is not None:
+                    c = x.shape[1]
+                    mu_in = torch.full((c,), float(input_stats[0]))
+                    sd_in = torch.full((c,), float(input_stats[1]))
+                    loss = loss + _stat_loss(x, mu_in, sd_in, statistics)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                value = loss.detach().item()
+                sched.step(value)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{value:.3g}")
+            batches.append(x.detach())
+    finally:
+        for h in handles:
+            h.remove()
+        for p in frozen:
+            p.requires_grad_(True)
+        if bar is not None:
+            bar.close()
+    return torch.cat(batches)
+
+
+@torch.no_grad()
+def statistics_loss(
+    model: nn.Module, x: Tensor, statistics: str = "batch", batch_size: int = 64
+) -> float:
+    """The batch-norm statistics loss Σ_i ‖μ̃_i − μ_i‖² + ‖σ̃_i − σ_i‖² of inputs ``x`` (per
+    batch of ``batch_size``, averaged): small for data that looks like the training data."""
+    bns = _batchnorms(model)
+    seen: dict[int, Tensor] = {}
+    handles = [
+        bn.register_forward_pre_hook(lambda m, args, i=i: seen.__setitem__(i, args[0]))
+        for i, bn in enumerate(bns)
+    ]
+    total, count = 0.0, 0
+    try:
+        for start in range(0, x.shape[0], batch_size):
+            seen.clear()
+            model(x[start : start + batch_size])
+            for i, bn in enumerate(bns):
+                if i in seen:
+                    sigma = torch.sqrt(bn.running_var.float() + bn.eps)  # type: ignore[union-attr,operator]
+                    total += float(_stat_loss(seen[i], bn.running_mean.float(), sigma, statistics))  # type: ignore[union-attr]
+            count += 1
+    finally:
+        for h in handles:
+            h.remove()
+    return total / max(count, 1)
+
+
+def _stat_loss(y: Tensor, mu: Tensor, sigma: Tensor, statistics: str) -> Tensor:
+    """‖μ̃ − μ‖² + ‖σ̃ − σ‖² for the channel statistics (axis 1) of y."""
+    if statistics == "sample" and y.dim() > 2:
+        flat = y.reshape(y.shape[0], y.shape[1], -1)
+        mean = flat.mean(2)
+        std = torch.sqrt(flat.var(2, unbiased=False) + 1e-5)
+        return ((mean - mu).pow(2).sum(1) + (std - sigma).pow(2).sum(1)).mean()
+    dims = [d for d in range(y.dim()) if d != 1]
+    mean = y.mean(dims)
+    std = torch.sqrt(y.var(dims, unbiased=False) + 1e-5)
+    return (mean - mu).pow(2).sum() + (std - sigma).pow(2).sum()
+
+
+def zeroq_quantize(
+    model: nn.Module,
+    config: QuantConfig | None = None,
+    *,
+    input_shape: tuple[int, ...],
+    num_samples: int = 64,
+    distilled: Tensor | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    **distill_options: Any,
+) -> nn.Module:
+    """ZeroQ level 1: static quantization with ``config`` (any observer) calibrated on distilled
+    data (made by `distill_data` unless given). Returns the converted model."""
+    t0 = time.perf_counter()
+    if distilled is None:
+        distilled = distill_data(
+            model,
+            input_shape,
+            num_samples,
+            batch_size=batch_size,
+            progress=progress,
+            **distill_options,
+        )
+    else:
+        _batchnorms(model)
+    seconds = time.perf_counter() - t0
+    batches = [distilled[i : i + batch_size] for i in range(0, distilled.shape[0], batch_size)]
+    model_q = simulate(model, batches, config or int8_static(), progress=progress)
+    loss = statistics_loss(model, distilled)
+    model_q.__dict__[REPORT_KEY] = ZeroQReport(1, distilled.shape[0], loss, seconds)
+    return model_q
+
+
+def zeroq_finetune(
+    model: nn.Module,
+    config: QuantConfig | None = None,
+    *,
+    input_shape: tuple[int, ...],
+    num_samples: int = 256,
+    distilled: Tensor | None = None,
+    epochs: int = 10,
+    lr: float = 1e-4,
+    batch_size: int = 32,
+    temperature: float = 1.0,
+    loss: str = "kl",
+    learnable: str | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    **distill_options: Any,
+) -> nn.Module:
+    """ZeroQ level 2: fine-tune ``zp.prepare_qat(model, config)`` on distilled data with the
+    float ``model`` as teacher (module doc), batch norms frozen; returns ``zp.convert``'s
+    model. ``config``: the schemes (a static or QAT config); ``learnable``: the quantizers
+    trained — None (default): straight-through fake quantization, weights at their min-max
+    range and activations at moving-average min-max ranges; or "lsq", "lsq+", "pact" (overrides
+    the config's). On the digits CNN at W4A4 and W2A4 the straight-through quantizers fine-tune
+    far better from distilled data than LSQ's learned steps (see docs/ptq.md)."""
+    if loss not in ("kl", "mse"):
+        raise ValueError(f"loss={loss!r} is unknown: expected 'kl' or 'mse'")
+    if epochs < 1 or lr <= 0 or temperature <= 0:
+        raise ValueError(f"epochs={epochs}, lr={lr} and temperature={temperature} must be positive")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    if distilled is None:
+        distilled = distill_data(
+            model, input_shape, num_samples, batch_size=batch_size, generator=g,
+            progress=progress, **distill_options,
+        )  # fmt: skip
+    else:
+        _batchnorms(model)
+    distill_seconds = time.perf_counter() - t0
+    cfg = (config or int8_static()).with_(learnable=learnable)
+    if learnable is None and cfg.activation_observer == "minmax":
+        cfg = cfg.with_(activation_observer="moving_average")
+    teacher = model.eval()
+    with torch.no_grad():
+        soft = torch.cat(
+            [
+                teacher(distilled[i : i + batch_size])
+                for i in range(0, distilled.shape[0], batch_size)
+            ]
+        )
+    student = prepare_qat(model, cfg, example_inputs=distilled[: max(batch_size, 1)])
+    freeze_bn(student)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    n = distilled.shape[0]
+    steps = epochs * -(-n // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    bar: Any = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="ZeroQ fine-tuning", unit="step", leave=False)
+    t1 = time.perf_counter()
+    last = float("nan")
+    student.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=g)
+        for i in range(0, n, batch_size):
+            idx = order[i : i + batch_size]
+            out = student(distilled[idx])
+            target = soft[idx]
+            if loss == "kl":
+                t = temperature
+                value = F.kl_div(
+                    F.log_softmax(out / t, dim=1), F.log_softmax(target / t, dim=1),
+                    reduction="batchmean", log_target=True,
+                ) * (t * t)  # fmt: skip
+            else:
+                value = F.mse_loss(out, target)
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            sched.step()
+            last = value.detach().item()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last:.3g}")
+    if bar is not None:
+        bar.close()
+    student.eval()
+    model_q = convert(student)
+    report = ZeroQReport(
+        2, n, statistics_loss(model, distilled), distill_seconds,
+        time.perf_counter() - t1, last,
+    )  # fmt: skip
+    model_q.__dict__[REPORT_KEY] = report
+    return model_q
+
+
+def zeroq_report(model: nn.Module) -> ZeroQReport:
+    report = model.__dict__.get(REPORT_KEY)
+    if not isinstance(report, ZeroQReport):
+        raise ValueError(f"{type(model).__name__} was not quantized by ZeroQ")
+    return report
+
+
+__all__ = [
+    "ZeroQReport",
+    "distill_data",
+    "statistics_loss",
+    "zeroq_finetune",
+    "zeroq_quantize",
+    "zeroq_report",
+]
