@@ -47,6 +47,7 @@ from zeropoint.ptq.layer_io import (
     GridTracker,
     Rows,
     execution_order,
+    float_simulation,
     quantizers_off,
     run,
     take_samples,
@@ -615,7 +616,9 @@ def _learn_in_one_pass(
 
         handles.append(p.layer.register_forward_pre_hook(hook))
     try:
-        with torch.no_grad():
+        # the float simulation (the converted layers would otherwise run their integer kernels,
+        # the same codes but several times slower, rebuilt after every commit)
+        with torch.no_grad(), float_simulation(model):
             model(x)
     finally:
         for h in handles:
