@@ -338,7 +338,21 @@ def scenario_weight_only(rank: int, world: int) -> dict[str, Any]:
     return out
 
 
+def scenario_bias_correction(rank: int, world: int) -> dict[str, Any]:
+    """Static int8 on this rank's shard (synchronised at convert), then empirical bias
+    correction on the same shard (its output means reduced over the ranks)."""
+    from zeropoint.ptq.bias_correction import correct_bias
+
+    batches = calibration_batches()
+    mine = [batches[i] for i in shard(len(batches), rank, world)]
+    model = digits_model()
+    q = zp.quantize_static(model, mine, static_config("minmax"), progress=False)
+    corrected = correct_bias(q, mine, model)
+    return {"state": {k: v.clone() for k, v in corrected.state_dict().items()}}
+
+
 SCENARIOS: dict[str, Callable[[int, int], dict[str, Any]]] = {
+    "bias_correction": scenario_bias_correction,
     "weight_only": scenario_weight_only,
     "observers": scenario_observers,
     "static": scenario_static,

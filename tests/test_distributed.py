@@ -96,7 +96,7 @@ def results(folder: Path, scenario: str, world: int) -> list[dict[str, Any]]:
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 ranks: every observer, static PTQ (and mismatches), QAT under DDP and FSDP2."""
     folder = tmp_path_factory.mktemp("two_ranks")
-    outcomes = spawn("observers,static,qat,weight_only", 2, folder)
+    outcomes = spawn("observers,static,qat,weight_only,bias_correction", 2, folder)
     for rank, o in enumerate(outcomes):
         assert o["returncode"] == 0, f"rank {rank} failed:\n{o['stderr'][-4000:]}"
     return folder
@@ -236,6 +236,23 @@ def test_weight_only_algorithms_on_sharded_data_equal_one_process(
         # without the reduction a rank's shard gives a different layer
     one = quantize(w.mlp(), w.ptq_batches()[::2], zp.int4_weight_only(group_size=16))
     assert any(not torch.equal(v, one.state_dict()[k]) for k, v in ranks[0][method].items())
+
+
+@pytest.mark.slow
+def test_bias_correction_on_sharded_data_equals_one_process(two_ranks: Path) -> None:
+    from zeropoint.ptq.bias_correction import correct_bias
+
+    ranks = results(two_ranks, "bias_correction", 2)
+    model = w.digits_model()
+    batches = w.calibration_batches()
+    q = zp.quantize_static(model, batches, w.static_config("minmax"), progress=False)
+    ref = correct_bias(q, batches, model).state_dict()
+    moved = [k for k in ref if k.endswith("bias") and not torch.equal(ref[k], q.state_dict()[k])]
+    assert moved  # the correction changed biases
+    for got in ranks:
+        assert set(got["state"]) == set(ref)
+        for key, value in ref.items():
+            torch.testing.assert_close(got["state"][key], value, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow

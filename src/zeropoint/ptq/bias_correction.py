@@ -200,8 +200,19 @@ def _channel_dim(layer: nn.Module) -> int:
 
 
 def _channel_mean(y: Tensor, dim: int) -> Tensor:
+    """Per-channel mean of ``y`` (float64); under a torch.distributed process group, over every
+    rank's samples (sums and counts all-reduced: each rank feeds its shard and every rank
+    applies the correction of all the data)."""
+    from zeropoint.distributed import RankGroup, is_distributed
+
     dims = [d for d in range(y.dim()) if d != dim % y.dim()]
-    return y.double().mean(dim=dims)
+    total = y.double().sum(dim=dims)
+    count = torch.tensor([y.numel() / max(y.shape[dim % y.dim()], 1)], dtype=torch.float64)
+    if is_distributed():
+        ranks = RankGroup()
+        total = ranks.all_reduce(total, "sum", "bias correction statistics")
+        count = ranks.all_reduce(count, "sum", "bias correction statistics")
+    return total / count
 
 
 def _output_means(
