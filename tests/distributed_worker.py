@@ -351,7 +351,26 @@ def scenario_bias_correction(rank: int, world: int) -> dict[str, Any]:
     return {"state": {k: v.clone() for k, v in corrected.state_dict().items()}}
 
 
+ADAROUND_CONFIG = zp.QuantConfig(weight=zp.Scheme(bits=3, symmetric=True, narrow=True, axis=0))
+
+
+def run_adaround(batches: list[Tensor]) -> nn.Module:
+    """AdaRound W3A8 of the MLP on every row of ``batches`` (full-batch steps, every row kept)."""
+    from zeropoint.ptq.adaround import adaround
+
+    x = torch.cat(batches)
+    return adaround(mlp().eval(), x, ADAROUND_CONFIG, num_samples=x.shape[0], iterations=200,
+                    batch_rows=4096, progress=False)  # fmt: skip
+
+
+def scenario_adaround(rank: int, world: int) -> dict[str, Any]:
+    batches = ptq_batches()
+    q = run_adaround([batches[i] for i in shard(len(batches), rank, world)])
+    return {"state": {k: v.clone() for k, v in q.state_dict().items()}}
+
+
 SCENARIOS: dict[str, Callable[[int, int], dict[str, Any]]] = {
+    "adaround": scenario_adaround,
     "bias_correction": scenario_bias_correction,
     "weight_only": scenario_weight_only,
     "observers": scenario_observers,

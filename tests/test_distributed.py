@@ -96,7 +96,7 @@ def results(folder: Path, scenario: str, world: int) -> list[dict[str, Any]]:
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 ranks: every observer, static PTQ (and mismatches), QAT under DDP and FSDP2."""
     folder = tmp_path_factory.mktemp("two_ranks")
-    outcomes = spawn("observers,static,qat,weight_only,bias_correction", 2, folder)
+    outcomes = spawn("observers,static,qat,weight_only,bias_correction,adaround", 2, folder)
     for rank, o in enumerate(outcomes):
         assert o["returncode"] == 0, f"rank {rank} failed:\n{o['stderr'][-4000:]}"
     return folder
@@ -253,6 +253,27 @@ def test_bias_correction_on_sharded_data_equals_one_process(two_ranks: Path) -> 
         assert set(got["state"]) == set(ref)
         for key, value in ref.items():
             torch.testing.assert_close(got["state"][key], value, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_adaround_on_sharded_data_learns_the_one_process_rounding(two_ranks: Path) -> None:
+    """Each rank reconstructs from its rows; the gradients are reduced (row-weighted), so the
+    learned weights are those of one process on all the rows, up to float rounding of the sums
+    (a borderline rounding variable may flip)."""
+    ranks = results(two_ranks, "adaround", 2)
+    ref = w.run_adaround(w.ptq_batches()).state_dict()
+    alone = w.run_adaround(w.ptq_batches()[::2]).state_dict()  # rank 0's shard, not reduced
+    weights = [k for k in ref if k.endswith("weight")]
+    assert weights
+
+    def share_different(state: dict[str, torch.Tensor]) -> float:
+        return sum(float((state[k] != ref[k]).sum()) for k in weights) / sum(
+            ref[k].numel() for k in weights
+        )
+
+    assert share_different(alone) > 0.01
+    for got in ranks:
+        assert share_different(got["state"]) <= 0.002
 
 
 @pytest.mark.slow

@@ -399,6 +399,7 @@ class _Problem:
             width = int(math.prod(x_all.shape[1:]))
             batch = min(batch_rows, max(MIN_BATCH_ROWS, ROW_BUDGET // max(width, 1)), n)
         beta_start, beta_end = beta
+        ranks = _ranks()
         for it in range(iterations):
             bt = 0.0  # no regulariser during the warm-up
             if it >= start_reg:
@@ -406,9 +407,17 @@ class _Problem:
                 bt = beta_end + 0.5 * (beta_start - beta_end) * (1.0 + math.cos(rel * math.pi))
             idx = torch.randint(n, (batch,), generator=g) if batch < n else None
             wt, reg = soft(v, bt, reg_weight)
-            loss = loss_on(idx, wt.reshape(w.shape)) + reg
+            loss = loss_on(idx, wt.reshape(w.shape))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if ranks is None:
+                (loss + reg).backward()
+            else:  # the reconstruction gradient of every rank's rows, weighted by their count
+                local = float(batch if idx is not None else n)
+                (loss * local).backward(retain_graph=True)
+                assert v.grad is not None
+                total = ranks.all_reduce(torch.tensor([local]), "sum", "AdaRound rows")
+                v.grad = ranks.all_reduce(v.grad, "sum", "AdaRound gradients") / total
+                reg.backward()  # the regulariser is the same on every rank: added once
             opt.step()
         hard = (v.detach() >= 0).float()
         with torch.no_grad():
@@ -527,6 +536,16 @@ class _SoftRoundingFn(torch.autograd.Function):
             g.add_(slope, alpha=-2.0 * ctx.reg_weight * ctx.beta * float(grad_reg))
         g.mul_(inside).mul_(sig).mul_(1.0 - sig).mul_(ZETA - GAMMA)
         return g, None, None, None
+
+
+def _ranks() -> Any:
+    """The torch.distributed ranks AdaRound's gradients are reduced over (None: one process):
+    each rank reconstructs from its shard of the samples, and every rank learns the rounding of
+    all of them (the reconstruction loss is a mean over rows, so its gradient is the row-count
+    weighted mean of the ranks' gradients)."""
+    from zeropoint.distributed import RankGroup, is_distributed
+
+    return RankGroup() if is_distributed() else None
 
 
 def _adam(v: Tensor, lr: float) -> torch.optim.Optimizer:
