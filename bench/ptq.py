@@ -473,7 +473,8 @@ def worker(args: argparse.Namespace) -> None:
         warmup = nncf_warmup(load_mobilenet_v2(), proto.calib_images)
         print(f"NNCF warm-up call (extension compile): {warmup:.1f} s", flush=True)
     for row in rows:
-        if args.method and args.method.lower() not in row.method.lower():
+        wanted = [m.strip().lower() for m in args.method.split(",") if m.strip()]
+        if wanted and not any(m in row.method.lower() for m in wanted):
             continue
         model = load_mobilenet_v2()
         record: dict[str, Any] = {
@@ -528,18 +529,30 @@ def _write(path: Path, payload: dict[str, Any]) -> None:
 SETTING_ORDER = ["fp32", "W8A8 per-channel", "W8A8 per-tensor", "W4A8 per-channel"]
 
 
+def _load_run(path: Path) -> dict[str, Any]:
+    """A driver's JSON, or a worker's rows file (``.partial/LIB.jsonl``) of a run cut short:
+    its rows are marked ``partial_run``."""
+    if path.suffix == ".jsonl":
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        for r in rows:
+            r["partial_run"] = True
+        return {"source": str(path), "partial": True, "rows": rows}
+    return json.loads(path.read_text())
+
+
 def merge(paths: list[str], output: Path) -> None:
     """One table from several runs of this script (libraries run as separate drivers, e.g.
     concurrently): rows concatenated and ordered by setting, each run's header kept."""
-    runs = [json.loads(Path(p).read_text()) for p in paths]
+    runs = [_load_run(Path(p)) for p in paths]
     rows = [r for run in runs for r in run["rows"]]
     order = {s: i for i, s in enumerate(SETTING_ORDER)}
     rows.sort(key=lambda r: order.get(r["setting"].split(" (")[0], len(order)))
+    first = next((run for run in runs if "bench" in run), {})
     payload = {
-        "bench": runs[0]["bench"],
+        "bench": first.get("bench", "bench/ptq.py"),
         "merged_from": [{k: v for k, v in run.items() if k != "rows"} for run in runs],
-        "protocol": runs[0].get("protocol"),
-        "versions": runs[0]["versions"],
+        "protocol": first.get("protocol"),
+        "versions": first.get("versions", _versions()),
         "rows": rows,
     }
     _write(output, payload)
@@ -552,7 +565,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only", default="", help="libraries, comma-separated (nncf,aimet,brevitas)"
     )
-    parser.add_argument("--method", default="", help="rows whose method contains this text")
+    parser.add_argument(
+        "--method",
+        default="",
+        help="rows whose method contains one of these texts (comma-separated)",
+    )
     parser.add_argument("--smoke", action="store_true", help="4 eval / 4 calib views, 2 iterations")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
     parser.add_argument("--n-eval", type=int, default=256)
