@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint typecheck unit bench clean chromium
+.PHONY: setup demo test lint typecheck unit bench peers-venv clean chromium
 
 setup: $(STAMP)
 
@@ -60,6 +60,11 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(BIN)/python bench/core.py
 	$(BIN)/python bench/engine.py
+
+# bench/ptq.py's own virtualenv (AIMET, Brevitas, NNCF with torch==2.13.0 pinned): not needed by
+# `make test`; run the bench with OMP_NUM_THREADS=2 bench/.peers-venv/bin/python bench/ptq.py
+peers-venv:
+	PY=$(PY) bench/peers_venv.sh
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

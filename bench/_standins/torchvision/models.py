@@ -1,0 +1,1 @@
+"""Stand-in ``torchvision.models`` (no architectures: the bench builds MobileNetV2 itself)."""
