@@ -191,6 +191,18 @@ def test_a_synchronisation_ships_fixed_size_statistics_and_is_not_repeated(
             expected += (rows * bins + 2 * rows + 2 * rows * LIMBS) * 8  # SUM: int64
         else:
             expected += 2 * rows * 8  # (−α, β): MAX, or the moving average's all-gather
+    # OMSE also keeps its values exactly while they are few (≤ 2^18 per row for activations):
+    # those travel too, padded to the largest rank's share (float32), after a float32 flag
+    shares = [w.make_observers() for _ in range(world)]
+    for rank, part in enumerate(shares):
+        w.feed(part, w.shard(w.N_BATCHES, rank, world))
+    for name, o in observers.items():
+        if hasattr(o, "adopt_values"):
+            expected += 4
+            kept = [getattr(part[name], "values", None) for part in shares]
+            if all(v is not None for v in kept):
+                cols = [sum(t.shape[1] for t in v) for v in kept if v is not None]
+                expected += 8 + o._rows * max(cols) * 4
     assert [r["bytes"] for r in ranks] == [expected] * world
     assert all(r["skipped_again"] == len(observers) for r in ranks)  # unchanged: skipped
 

@@ -278,7 +278,10 @@ def test_constant_data_gives_a_valid_scale(method: str, scheme: Scheme, value: f
         expected = 2 * abs(value) / (qmax - qmin)
     else:
         expected = abs(value) / (qmax - qmin)
-    torch.testing.assert_close(qp.scale, torch.full_like(qp.scale, expected), rtol=1e-6, atol=0)
+    if method == "omse":  # least squared error: c exactly on a level, a scale within 1 %
+        assert bool(((qp.scale - expected).abs() <= 0.01 * expected).all())
+    else:
+        torch.testing.assert_close(qp.scale, torch.full_like(qp.scale, expected), rtol=1e-6, atol=0)
     err = (zp.fake_quantize(x, qp) - x).abs().max().item()
     # (the half step plus float32 rounding of S and of S·q)
     assert err <= (expected / 2 * (1 + 1e-5) if scheme.symmetric else 1e-6 * abs(value))

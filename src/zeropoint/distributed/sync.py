@@ -277,9 +277,32 @@ def _reduce(channel: Channel, todo: list[tuple[str, Observer, Tensor]], what: st
             o.lo, o.hi = merged.lo, merged.hi  # type: ignore[attr-defined]
             at += 2 * n
 
+    # observers that also keep their values exactly while they are few (OMSE): every rank's
+    # values, in rank order, or none anywhere once any rank (or the total) is past the cap
+    for _, o, _ in todo:
+        if hasattr(o, "adopt_values"):
+            values = getattr(o, "values", None)
+            dropped = torch.tensor([0.0 if values is not None else 1.0])
+            if float(channel.all_reduce(dropped, "sum", f"{what} (exact values)")) > 0:
+                o.adopt_values(None)
+                continue
+            rows = o._rows
+            mine = torch.cat(values, dim=1) if values else torch.zeros(rows, 0)
+            o.adopt_values(_gather_columns(channel, mine.float(), f"{what} (exact values)"))
+
     for _, o, meta in todo:
         o.num_batches = int(meta[:, 0].sum())
         o.num_values = int(meta[:, 1].sum())
+
+
+def _gather_columns(channel: Channel, t: Tensor, what: str) -> list[Tensor]:
+    """Every rank's (rows, n_r) tensor, in rank order (any n_r)."""
+    size = torch.tensor([t.shape[1]], dtype=torch.int64)
+    sizes = [int(n) for n in channel.all_gather(size, what)]
+    padded = torch.zeros(t.shape[0], max(sizes), dtype=t.dtype)
+    padded[:, : t.shape[1]] = t
+    parts = channel.all_gather(padded, what)
+    return [p[:, :n] for p, n in zip(parts, sizes, strict=True) if n > 0]
 
 
 def reduce_statistics(

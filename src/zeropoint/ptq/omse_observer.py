@@ -118,6 +118,16 @@ class OMSE(MSE):
             cap = self.max_exact if merged[0].shape[0] > 1 else min(self.max_exact, MAX_EXACT_ROW)
             self.values = merged if sum(v.numel() for v in merged) <= cap else None
 
+    def adopt_values(self, parts: list[Tensor] | None) -> None:
+        """Take ``parts`` (column blocks of the values, e.g. every rank's) as the values seen,
+        or none (the histogram estimate) when None or past the cap: what
+        `zeropoint.distributed` sets after reducing the histogram."""
+        if parts is None or not parts:
+            self.values = None if parts is None else []
+            return
+        cap = self.max_exact if parts[0].shape[0] > 1 else min(self.max_exact, MAX_EXACT_ROW)
+        self.values = parts if sum(v.numel() for v in parts) <= cap else None
+
     def _copy_from(self, other: Observer) -> None:
         assert isinstance(other, OMSE)
         super()._copy_from(other)
