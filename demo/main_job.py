@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from demo.digits_report import Row
 from zeropoint.report.capture import captured_warnings
 from zeropoint.report.files import atomic_write_text, check_writable_dir
 from zeropoint.report.html import CurvePoint, ReportData, write_html
+from zeropoint.report.model_report import cpu_name
 from zeropoint.report.tables import format_table
 
 MINILM = "all-MiniLM-L6-v2"
@@ -52,18 +52,10 @@ UNITS = {"all-MiniLM-L6-v2": ("mean cosine to fp32", "cos"), "digits CNN": ("acc
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import onnxruntime
 
     return (
-        f"{cpu}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, "
+        f"{cpu_name()}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, "
         f"onnxruntime {onnxruntime.__version__}"
     )
 

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from zeropoint.functional import fake_quantize
 from zeropoint.observers.base import Observer
+from zeropoint.observers.estimators import _around, _best
 from zeropoint.observers.histogram import MSE
 from zeropoint.observers.registry import OBSERVERS
 from zeropoint.qparams import Scheme, qparams_from_range
@@ -48,16 +49,6 @@ def squared_errors(
             err = (fake_quantize(xe, qp) - xe).pow_(2).sum(1, dtype=torch.float64)
             out[r0 : r0 + m, k0 : k0 + kk] = err.reshape(m, kk)
     return out
-
-
-def _best(values: Tensor, errors: Tensor) -> Tensor:
-    return values.gather(1, errors.argmin(1, keepdim=True)).squeeze(1)
-
-
-def _around(center: Tensor, half: Tensor, n: int, lo: Tensor, hi: Tensor) -> Tensor:
-    t = torch.linspace(-1.0, 1.0, n, dtype=torch.float64)
-    grid = center.unsqueeze(1) + half.unsqueeze(1) * t
-    return torch.minimum(torch.maximum(grid, lo.unsqueeze(1)), hi.unsqueeze(1))
 
 
 def omse_range(
