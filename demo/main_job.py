@@ -212,6 +212,7 @@ def run(out_dir: Path, quick: bool = False, weight_only_rows: bool = False) -> i
         "mobilenet_mixed_precision": {
             "rows": curve_rows,
             "dominates": {str(k): v for k, v in mixed.dominates.items()},
+            "dominates_with_adaround": {str(k): v for k, v in mixed.dominates_adaround.items()},
             "sensitivity_s": mixed.sensitivity_s,
             "search_s": mixed.search_s,
             "timings_s": mixed.timings,
@@ -244,7 +245,9 @@ def _curve_row(r: mobilenet_mixed.CurveRow) -> dict[str, Any]:
 
 def _dominance_line(mixed: mobilenet_mixed.MixedResult) -> str:
     parts = [f"size of W{b}: {'yes' if ok else 'NO'}" for b, ok in mixed.dominates.items()]
+    ada = [f"W{b}: {'yes' if ok else 'NO'}" for b, ok in mixed.dominates_adaround.items()]
     return (f"mixed precision at least as good as uniform at the same size — {', '.join(parts)}; "
+            f"with AdaRound on both — {', '.join(ada)}; "
             f"search: sensitivities {mixed.sensitivity_s:.0f} s, knapsack "
             f"{1000 * mixed.search_s:.0f} ms")  # fmt: skip
 

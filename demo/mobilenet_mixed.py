@@ -9,9 +9,10 @@ and what mixed precision buys at a given size (`zp.mixed_precision`).
   (per channel, min-max; 8-bit activations everywhere, what the integer engine runs), mixed
   precision at the sizes of uniform 3, 4 and 6 bits (widths 2/3/4/6/8 per layer, chosen from
   exact one-at-a-time KL sensitivities on calibration views, never on the evaluation views),
-  and ACIQ's per-channel allocation. (Uniform with a post-training algorithm is not on the
-  curve: the repository's GPTQ / AWQ / HQQ quantize Linear layers weight-only, and its MSE
-  weight ranges take ~2 minutes per MobileNetV2 model here — too long for the main job.)
+  and ACIQ's per-channel allocation; and the best post-training algorithm the repository has
+  for these weights, AdaRound (`zeropoint.ptq.adaround`, ``ADAROUND_ITERATIONS`` per layer on
+  the calibration views), both on the uniform widths ``ADAROUND_AT`` and on the mixed-precision
+  configs of the same sizes — so mixed precision is compared with uniform at its best too.
   Quality: top-1 agreement with fp32 (and the mean KL) on the evaluation views; size: the
   weights at their width (n·w/8, ideal packing) plus 4 bytes per other parameter and scale.
 """
@@ -37,6 +38,9 @@ SENSITIVITY_VIEWS = 8
 UNIFORM_BITS = (2, 3, 4, 6, 8)
 MIXED_AT = (3, 4, 6)  # budgets: the sizes of the uniform models at these widths
 ACIQ_AT = (3, 4)  # ACIQ's per-channel allocation with the levels of these widths
+ADAROUND_AT = (3, 4)  # uniform AdaRound, and AdaRound on the mixed configs of these sizes
+ADAROUND_ITERATIONS = 200
+ADAROUND_ROWS = 256
 
 
 @dataclass
@@ -57,6 +61,7 @@ class MixedResult:
     search_s: float = 0.0
     sensitivity_s: float = 0.0
     dominates: dict[int, bool] = field(default_factory=dict)
+    dominates_adaround: dict[int, bool] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     def curve(self) -> dict[str, list[tuple[float, float, str]]]:
@@ -119,6 +124,18 @@ def run(model_q: nn.Module | None = None, quick: bool = False) -> MixedResult:
             bits].size_mb  # fmt: skip
     for bits in ACIQ_AT:
         out.rows.append(_aciq_row(model, calib_batches, base, bits, table, fp32, views))
+    for bits in ADAROUND_AT:
+        ada = _adaround(model, calib, base.with_(weight=base.weight.with_(bits=bits)))
+        uniform_ada = _row(f"uniform AdaRound (W{bits})", f"W{bits}A8", ada, fp32, views,
+                           table.uniform_bytes(bits) / 1e6, float(bits),
+                           f"{ADAROUND_ITERATIONS} iterations per layer")  # fmt: skip
+        result = mixed[bits]
+        mixed_ada = _row(f"mixed precision + AdaRound (size of W{bits})", f"mixed ≤ W{bits} size",
+                         _adaround(model, calib, result.config), fp32, views,
+                         result.model_bytes / 1e6, result.avg_weight_bits,
+                         "the mixed config above, weights rounded by AdaRound")  # fmt: skip
+        out.rows += [uniform_ada, mixed_ada]
+        out.dominates_adaround[bits] = mixed_ada.top1 >= uniform_ada.top1
     timings["curve evaluation"] = time.perf_counter() - t0
     return out
 
@@ -137,6 +154,14 @@ def _aciq_row(model: nn.Module, calib_batches: list[Tensor], base: zp.QuantConfi
     return _row(f"ACIQ per-channel allocation (levels of W{bits})", f"ACIQ ≤ W{bits} levels", q,
                 fp32, views, size / 1e6, weight_bits / n_weights,
                 "per-channel widths 2..8 ∝ range^(2/3), weights only; simulation")  # fmt: skip
+
+
+def _adaround(model: nn.Module, calib: Tensor, config: zp.QuantConfig) -> nn.Module:
+    from zeropoint.ptq.adaround import adaround
+
+    return adaround(model, calib, config, num_samples=calib.shape[0],
+                    iterations=ADAROUND_ITERATIONS, batch_rows=ADAROUND_ROWS,
+                    progress=False)  # fmt: skip
 
 
 def _per_channel(model: nn.Module, name: str) -> int:
