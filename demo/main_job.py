@@ -22,7 +22,6 @@ and listed once at the end (and in the report); the output shows only the job's 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ from demo import (
 from demo.digits_report import Row
 from zeropoint.report.capture import captured_warnings
 from zeropoint.report.files import atomic_write_text, check_writable_dir
-from zeropoint.report.html import CurvePoint, ReportData, write_html
+from zeropoint.report.html import CurvePoint, ReportData, json_safe, write_html
 from zeropoint.report.model_report import cpu_name
 from zeropoint.report.tables import format_table
 
@@ -221,7 +220,7 @@ def run(out_dir: Path, quick: bool = False, weight_only_rows: bool = False) -> i
     }
     report = _html_report(rows, table, weight_only, observers, mixed, curve_rows, caught.lines(),
                           machine, elapsed)  # fmt: skip
-    atomic_write_text(out / "report.json", json.dumps(_clean(doc), indent=1))
+    atomic_write_text(out / "report.json", json.dumps(json_safe(doc), indent=1))
     md = "```\n" + "\n\n".join([t for t in (text, wo_text) if t] + [obs_table, consistency.summary(),
                                  mixed.analysis.table(limit=12), curve_text,
                                  _dominance_line(mixed)]) + "\n```\n"  # fmt: skip
@@ -250,16 +249,6 @@ def _dominance_line(mixed: mobilenet_mixed.MixedResult) -> str:
             f"with AdaRound on both — {', '.join(ada)}; "
             f"search: sensitivities {mixed.sensitivity_s:.0f} s, knapsack "
             f"{1000 * mixed.search_s:.0f} ms")  # fmt: skip
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
 
 
 def _html_report(rows: list[Row], table: list[dict[str, object]], weight_only: list[Row],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
@@ -15,16 +14,9 @@ from torch import nn
 
 from demo.peers.common import _check_module
 from demo.peers.torch_ao import _quiet_torch_ao
+from zeropoint.report.model_report import disk_size
 
-
-def file_size(path: str | os.PathLike[str]) -> int:
-    """Bytes on disk of a file, or of every file under a directory (e.g. ONNX + external data)."""
-    p = Path(path)
-    if p.is_file():
-        return p.stat().st_size
-    if p.is_dir():
-        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-    raise FileNotFoundError(f"no file or directory at {p}")
+file_size = disk_size  # bytes of a file, or of every file under a directory
 
 
 def state_dict_size(model: nn.Module) -> int:

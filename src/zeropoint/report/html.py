@@ -66,7 +66,7 @@ class ReportData:
 
     def to_json(self) -> str:
         """Strict JSON (non-finite numbers as the strings "inf", "-inf", "nan")."""
-        return json.dumps(_clean(asdict(self)), indent=1, default=_plain, allow_nan=False)
+        return json.dumps(json_safe(asdict(self)), indent=1, default=_plain, allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> ReportData:
@@ -82,13 +82,14 @@ class ReportData:
         return cls(**doc)
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as strings and mapping keys as strings (strict JSON)."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -386,4 +387,4 @@ def write_html(path: str | Path, data: ReportData) -> Path:
     return atomic_write_text(path, render(data))
 
 
-__all__ = ["CurvePoint", "ReportData", "render", "table", "write_html"]
+__all__ = ["CurvePoint", "ReportData", "json_safe", "render", "table", "write_html"]

@@ -228,14 +228,14 @@ def convert(model: nn.Module) -> nn.Module:
             continue
         wq = module.weight_quant
         if isinstance(wq, FakeQuant) and wq.mode == "track":
-            weight = module._weight_view().detach()
-            wq.set_qparams(calibrate(weight, wq.scheme, wq.observer_name))
-            wq.mode = "quantize"
             if state.config.pair_bounded_weights and needs_pair_bound(module, wq.scheme):
                 snapped, qp = pair_bounded_weight(module.float_weight, wq.scheme)
                 with torch.no_grad():
                     module.float_weight.copy_(snapped)
-                wq.set_qparams(qp)
+            else:
+                qp = calibrate(module._weight_view().detach(), wq.scheme, wq.observer_name)
+            wq.set_qparams(qp)
+            wq.mode = "quantize"
     model.eval()
     return model
 
