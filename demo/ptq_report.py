@@ -84,12 +84,16 @@ def config(
     observer: str = "minmax",
     first_last_bits: int | None = None,
 ) -> zp.QuantConfig:
+    """Every layer quantized (weights and inputs); the model's output — the logits — stays
+    float (``quantize_outputs=False``), as in the peers' simulations (NNCF, AIMET and Brevitas
+    place no quantizer after the classifier)."""
     activation = zp.Scheme(bits=a_bits, signed=False) if a_bits is not None else None
     return zp.QuantConfig(
         weight=scheme_w(w_bits, per_channel),
         activation=activation,
         activation_observer=observer,
         first_last_bits=first_last_bits,
+        quantize_outputs=False,
     )
 
 
@@ -145,11 +149,16 @@ def default_recipes(
                with_bias_correction(static(config(8, 8, observer="percentile")))),
         Recipe("OMSE + BC", "W8 per-channel", "A8",
                with_bias_correction(lambda m, x: omse(m, _batches(x), pc8, progress=False))),
+        Recipe("MSE", "W8 per-channel", "A8", static(config(8, 8, observer="mse"))),
+        Recipe("MSE + BC", "W8 per-channel", "A8",
+               with_bias_correction(static(config(8, 8, observer="mse")))),
         Recipe("min-max", "W8 per-tensor", "A8", static(pt8)),
         Recipe("min-max + BC", "W8 per-tensor", "A8", with_bias_correction(static(pt8))),
         Recipe("CLE + absorption", "W8 per-tensor", "A8", equalized(static(pt8))),
         Recipe("CLE + absorption + BC", "W8 per-tensor", "A8",
                _equalized_then_corrected(static(pt8))),
+        Recipe("CLE + absorption + BC, MSE activations", "W8 per-tensor", "A8",
+               _equalized_then_corrected(static(config(8, 8, False, observer="mse")))),
         Recipe("CLE (ReLU6→ReLU) + absorption + BC", "W8 per-tensor", "A8",
                _equalized_then_corrected(static(pt8), relu6="relu"),
                "changes the float model (ReLU6 replaced by ReLU)"),

@@ -362,6 +362,8 @@ class _Builder:
             if op.kind in _BUILTIN:
                 continue
             spec = spec_for(op.kind)
+            if spec.role == "layer" and op.out_qparams is None and self.float_output(op):
+                continue  # int32 accumulator → float (`Dequantizer`): the model's output
             if spec.role in ("layer", "requant") and op.out_qparams is None:
                 # no quantizer followed it (e.g. it feeds only float code): it runs in float
                 assert op.node is not None
@@ -383,6 +385,17 @@ class _Builder:
             if spec.finalize is not None:
                 spec.finalize(op, QGraph(self.ops, self.edges, self.inputs, self.outputs,
                                          self.shapes))  # fmt: skip
+
+    def float_output(self, op: QOp) -> bool:
+        """A layer with integer weights and quantized inputs whose value only leaves the model
+        (``quantize_outputs=False``): it keeps its integer kernel and dequantizes the
+        accumulator."""
+        return (
+            op.output in self.outputs
+            and "w_format" not in op.attrs
+            and all(self.edges.get(e) is not None for e in op.inputs)
+            and not any(op.output in other.inputs for other in self.ops)
+        )
 
     def on_float_grid(self, op: QOp) -> bool:
         """Does ``op`` read or write a float-format (fp8 / fp4) grid?"""

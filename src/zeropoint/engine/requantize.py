@@ -446,3 +446,42 @@ class Float32Requantizer:
             raise TypeError(f"accumulator must be an int32 (or int64) tensor, got {got}")
         _check_int32_range(acc, "accumulator")
         return self.apply(acc, channel_axis)
+
+
+@dataclass(frozen=True, eq=False)
+class Dequantizer:
+    """The output stage of a layer whose output stays float (``QuantConfig(quantize_outputs=
+    False)``): y = clamp(fl32(acc)·fl32(S_x·S_w), lo, hi) per channel — the int32 accumulator
+    (bias included, at S_x·S_w) scaled back to real units, a fused clip applied in real units.
+    The same interface as `Requantizer` (``apply``, ``channels``), so every layer kernel runs
+    it; ONNX Runtime computes the same layer in float on dequantized weights (QDQ with no
+    QuantizeLinear after it), equal up to float32 rounding."""
+
+    scale: Tensor  # float32, () or (C,)
+    lo: float = -math.inf
+    hi: float = math.inf
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", self.scale.to(torch.float32))
+
+    @property
+    def channels(self) -> int | None:
+        return None if self.scale.dim() == 0 else self.scale.numel()
+
+    def apply(self, acc: Tensor, channel_axis: int = -1, bound: int | None = None) -> Tensor:
+        """Real values of accumulators (integer-valued float32 / float64 or int32 / int64)."""
+        scale = self.scale
+        if scale.dim() == 1:
+            axis = channel_axis % acc.dim()
+            if acc.shape[axis] != scale.numel():
+                raise ValueError(
+                    f"{scale.numel()} per-channel scales do not match axis {channel_axis} of "
+                    f"the accumulator shape {tuple(acc.shape)}"
+                )
+            view = [1] * acc.dim()
+            view[axis] = -1
+            scale = scale.view(view)
+        y = acc.to(torch.float32) * scale
+        if self.lo > -math.inf or self.hi < math.inf:
+            y = y.clamp_(self.lo, self.hi)
+        return y

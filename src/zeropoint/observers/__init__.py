@@ -3,7 +3,7 @@
 from zeropoint.observers.aciq import ACIQ, gauss_clip_ratio, laplace_clip_ratio
 from zeropoint.observers.base import Observer
 from zeropoint.observers.histogram import MSE, Entropy, Histogram, HistogramObserver, Percentile
-from zeropoint.observers.minmax import MinMax, MovingAverageMinMax
+from zeropoint.observers.minmax import MeanMinMax, MinMax, MovingAverageMinMax
 from zeropoint.observers.registry import OBSERVERS, calibrate, make_observer
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Entropy",
     "Histogram",
     "HistogramObserver",
+    "MeanMinMax",
     "MinMax",
     "MovingAverageMinMax",
     "Observer",

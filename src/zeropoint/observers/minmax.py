@@ -4,6 +4,10 @@ MinMax:              α = min over all batches, β = max over all batches (exact
 MovingAverageMinMax: α_t = α_{t−1} + c·(min(x_t) − α_{t−1}), likewise β (c = averaging constant;
                      the first batch sets the range). torch.ao's MovingAverageMinMaxObserver, as
                      used for QAT activations (Jacob et al. 2018, section 3.1).
+MeanMinMax:          α = mean over samples n of min(x_n), β = mean of max(x_n) — each sample
+                     (a slice along dimension 0) contributes its own extremes, so a rare outlier
+                     moves the range by 1/N of its size (NNCF's MEAN_MINMAX, its default for
+                     per-tensor activations; TensorRT's and OpenVINO's "average min-max").
 """
 
 from __future__ import annotations
@@ -75,3 +79,51 @@ class MovingAverageMinMax(Observer):
     def _range(self) -> tuple[Tensor, Tensor]:
         assert self.lo is not None and self.hi is not None
         return self.lo, self.hi
+
+
+class MeanMinMax(Observer):
+    """Mean over samples of each sample's minimum and maximum (per slice of the scheme).
+
+    A sample is a slice of the batch along dimension 0 (a 0-d or 1-d tensor is one sample).
+    The state is the sums of the extremes and the sample count, so ``merge`` is exact: two
+    observers fed halves of the samples give the range of one fed all of them.
+    """
+
+    def __init__(self, scheme: Scheme | None = None) -> None:
+        super().__init__(scheme)
+        if self.scheme.axis == 0:
+            # axis 0 is the sample dimension: a per-channel scheme on it has no samples
+            raise ValueError(
+                f"mean_minmax averages the extremes of samples along dimension 0; {self.scheme} "
+                "has its channels there: use 'minmax' for weights (output channels on axis 0)"
+            )
+        self.lo_sum: Tensor | None = None
+        self.hi_sum: Tensor | None = None
+        self.samples = 0
+
+    def update(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() <= 1:
+            return super().update(x)
+        for sample in x.detach().split(1, dim=0):
+            super().update(sample)
+        return x
+
+    def _update_rows(self, rows: Tensor) -> None:
+        lo, hi = row_minmax(rows)
+        lo, hi = lo.to(torch.float64), hi.to(torch.float64)
+        if self.lo_sum is None or self.hi_sum is None:
+            self.lo_sum, self.hi_sum = lo, hi
+        else:
+            self.lo_sum, self.hi_sum = self.lo_sum + lo, self.hi_sum + hi
+        self.samples += 1
+
+    def _merge(self, other: Observer) -> None:
+        assert isinstance(other, MeanMinMax)
+        assert self.lo_sum is not None and self.hi_sum is not None
+        assert other.lo_sum is not None and other.hi_sum is not None
+        self.lo_sum, self.hi_sum = self.lo_sum + other.lo_sum, self.hi_sum + other.hi_sum
+        self.samples += other.samples
+
+    def _range(self) -> tuple[Tensor, Tensor]:
+        assert self.lo_sum is not None and self.hi_sum is not None
+        return self.lo_sum / self.samples, self.hi_sum / self.samples

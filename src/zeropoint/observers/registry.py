@@ -9,12 +9,13 @@ from torch import Tensor
 from zeropoint.observers.aciq import ACIQ
 from zeropoint.observers.base import Observer
 from zeropoint.observers.histogram import MSE, Entropy, Percentile
-from zeropoint.observers.minmax import MinMax, MovingAverageMinMax
+from zeropoint.observers.minmax import MeanMinMax, MinMax, MovingAverageMinMax
 from zeropoint.qparams import QParams, Scheme
 
 OBSERVERS: dict[str, type[Observer]] = {
     "minmax": MinMax,
     "moving_average": MovingAverageMinMax,
+    "mean_minmax": MeanMinMax,
     "percentile": Percentile,
     "entropy": Entropy,
     "mse": MSE,

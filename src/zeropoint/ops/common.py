@@ -3,12 +3,13 @@ the output requantizer, and the 256 levels of an 8-bit grid (the domain of every
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from zeropoint.engine.requantize import Float32Requantizer, Requantizer
+from zeropoint.engine.requantize import Dequantizer, Float32Requantizer, Requantizer
 from zeropoint.functional import dequantize_int, quantize_int
 from zeropoint.qparams import QParams
 
@@ -80,16 +81,23 @@ REQUANTIZATIONS = ("float32", "single", "double")
 
 def layer_requantizer(
     op: QOp, x_scale: float, w_scale: Tensor, channels: int, rounding: str
-) -> Requantizer | Float32Requantizer:
+) -> Requantizer | Float32Requantizer | Dequantizer:
     """The output stage of a weighted layer, M = S_x·S_w / S_y per output channel, clamped to
     the op's codes (fused clip included), in one of three arithmetics:
 
     * "float32" (default): ONNX Runtime's, bit for bit — rne(fl32(acc)·fl32(fl32(S_x·S_w)/S_y));
     * "single": M as M0·2^−n (31-bit M0), acc·M rounded once, ties up (TFLite single rounding);
     * "double": gemmlowp's SaturatingRoundingDoublingHighMul then RoundingDivideByPOT.
+
+    A layer with no output grid (its output leaves the model in float) gets a `Dequantizer`:
+    y = fl32(acc)·fl32(S_x·S_w), the fused clip in real units.
     """
     qp = op.out_qparams
-    assert qp is not None
+    if qp is None:  # the layer's output stays float (quantize_outputs=False)
+        s_xw = torch.tensor(float(x_scale), dtype=torch.float32) * w_scale.reshape(-1).float()
+        s_xw = s_xw.expand(channels).clone() if s_xw.numel() == 1 else s_xw
+        clip = op.clip if op.clip is not None else (-math.inf, math.inf)
+        return Dequantizer(s_xw, float(clip[0]), float(clip[1]))
     dtype = engine_dtype(qp, f"output of {op.where or op.output}")
     lo, hi = clip_codes(op)
     s_y, z_y = grid(qp, f"output of {op.where or op.output}")

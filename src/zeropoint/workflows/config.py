@@ -113,6 +113,11 @@ class QuantConfig:
         (`zeropoint.nn.saturation`): exact on x86 int8 kernels without VNNI, which add pairs of
         u8·s8 products in a saturating int16. `int8_static` sets it where this machine's kernels
         saturate.
+    quantize_outputs: False leaves the values the model returns in float: the layers that
+        produce them keep their quantized weights and inputs and add their bias to the int32
+        accumulator in float, y = S_x·S_w·(Σ (q_x − Z_x)(q_w − Z_w)) + b, as NNCF and TensorRT
+        do (logits on an 8-bit grid cost MobileNetV2 several points of top-1, docs/ptq.md).
+        True (default): int8 out, what `IntegerProgram.run_int` returns.
     """
 
     weight: Scheme | None = INT8_WEIGHT
@@ -131,6 +136,7 @@ class QuantConfig:
     requantization: str = "float32"
     seed: int | None = None
     pair_bounded_weights: bool = False
+    quantize_outputs: bool = True
 
     def __post_init__(self) -> None:
         from zeropoint.observers.registry import OBSERVERS
@@ -179,6 +185,10 @@ class QuantConfig:
             raise TypeError(
                 "QuantConfig.pair_bounded_weights must be a bool, got "
                 f"{self.pair_bounded_weights!r}"
+            )
+        if not isinstance(self.quantize_outputs, bool):
+            raise TypeError(
+                f"QuantConfig.quantize_outputs must be a bool, got {self.quantize_outputs!r}"
             )
         if self.per_token and not self.dynamic:
             raise ValueError("QuantConfig.per_token=True needs dynamic=True (run-time scales)")

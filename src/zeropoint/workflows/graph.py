@@ -415,7 +415,8 @@ class _Placer:
         if spec.role == "clip":
             producer = first
             if producer is not None and self._pending(producer):
-                self.insert_after(node, self.scheme_for(producer))  # fused: quantize after it
+                if not self.returned_float(node):
+                    self.insert_after(node, self.scheme_for(producer))  # fused: after it
                 return
             if first is not None and first in self.grid and _is_plain_relu(node, self.model):
                 self.grid[node] = self.grid[first]  # a ReLU keeps the grid (0 is the code Z)
@@ -429,7 +430,15 @@ class _Placer:
         if spec.fuses_clip and self.clip_follows(node):
             self.state.edges.setdefault(node.name, "")  # its quantizer comes after the clip
             return
-        self.insert_after(node, scheme)
+        if not self.returned_float(node):
+            self.insert_after(node, scheme)
+
+    def returned_float(self, node: fx.Node) -> bool:
+        """Does ``node``'s value only leave the model, under ``quantize_outputs=False``?"""
+        if self.state.config.quantize_outputs:
+            return False
+        users = list(node.users)
+        return bool(users) and all(u.op == "output" for u in users)
 
     def _pending(self, node: fx.Node) -> bool:
         """``node`` is a layer/requant op whose quantizer waits for the clip after it."""
