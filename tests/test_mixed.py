@@ -262,3 +262,21 @@ def test_aciq_allocation_lowers_the_error_at_the_same_budget() -> None:
     assert torch.equal(widths["0"], bits)
     torch.testing.assert_close(q[0].weight, allocated, rtol=0, atol=0)
     assert torch.equal(model[0].weight, w)  # the original is untouched
+
+
+def test_sensitivities_are_measured_on_the_candidate_models_given() -> None:
+    # e.g. AdaRound's model at each width: the drops are those of the given weights. Given the
+    # 8-bit model as the "2-bit" candidate, the 2-bit drops are the 8-bit ones exactly.
+    from zeropoint.mixed.search import measure_sensitivities
+
+    model, data = Chain().eval(), _data()
+    default = measure_sensitivities(model, data, weight_bits=(2, 8), progress=False)
+    eight = default.variants[(8, 8)]
+    given = measure_sensitivities(
+        model, data, weight_bits=(2, 8), progress=False, variants={(2, 8): eight, (8, 8): eight}
+    )
+    assert given.drops[(2, 8)] == default.drops[(8, 8)]
+    assert given.drops[(2, 8)]["b"] < default.drops[(2, 8)]["b"]
+    with pytest.raises(ValueError, match=r"lacks the candidate models .*\(2, 8\)"):
+        measure_sensitivities(model, data, weight_bits=(2, 8), progress=False,
+                              variants={(8, 8): eight})  # fmt: skip

@@ -270,9 +270,15 @@ def measure_sensitivities(
     max_batches: int | None = None,
     fisher_samples: int = 4,
     progress: bool = True,
+    variants: dict[tuple[int, int], nn.Module] | None = None,
 ) -> SensitivityTable:
-    """Step 1 of `mixed_precision` (same arguments): a `SensitivityTable`."""
-    from zeropoint.workflows.static import quantize_static
+    """Step 1 of `mixed_precision` (same arguments): a `SensitivityTable`.
+
+    ``variants``: the candidate models, one per (weight, activation) width pair — every pair
+    of ``weight_bits`` × ``activation_bits`` and (max(weight_bits), base activation width) —
+    already quantized by the caller, e.g. by AdaRound at each width, so that the drops are
+    those of the weights the model will have (default: round-to-nearest `quantize_static`
+    with ``base`` at each width). They must come from ``model`` with the same layers."""
 
     t_start = time.perf_counter()
     if sensitivity not in ("exact", "fast"):
@@ -293,15 +299,16 @@ def measure_sensitivities(
     base_pair = (max(weight_bits), base.activation.bits)
     if base_pair not in pairs:
         pairs.append(base_pair)
-    bar = _progress(progress, len(pairs), "mixed precision: candidate models", "model")
-    variants: dict[tuple[int, int], nn.Module] = {}
-    for w, a in pairs:
-        variants[(w, a)] = quantize_static(model, calib, _candidate_config(base, w, a),
-                                           progress=False)  # fmt: skip
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    if variants is not None:
+        missing = [p for p in pairs if p not in variants]
+        if missing:
+            raise ValueError(
+                f"variants lacks the candidate models of the width pairs {missing} "
+                "((weight, activation) bits): give one per pair searched"
+            )
+        variants = {p: variants[p] for p in pairs}
+    else:
+        variants = _round_to_nearest_variants(model, calib, base, pairs, progress)
     reference = variants[base_pair]
     units = find_units_cached(reference)
     searched = {u.name: u.layer for u in units if u.layer is not None and u.weight is not None}
@@ -337,6 +344,27 @@ def measure_sensitivities(
         m.name + (" (Fisher estimate)" if sensitivity == "fast" else ""), drops, params,
         _fixed_bytes(reference, searched), other_drop, variants, time.perf_counter() - t_start,
     )  # fmt: skip
+
+
+def _round_to_nearest_variants(
+    model: nn.Module,
+    calib: list[Any],
+    base: QuantConfig,
+    pairs: list[tuple[int, int]],
+    progress: bool,
+) -> dict[tuple[int, int], nn.Module]:
+    from zeropoint.workflows.static import quantize_static
+
+    bar = _progress(progress, len(pairs), "mixed precision: candidate models", "model")
+    variants: dict[tuple[int, int], nn.Module] = {}
+    for w, a in pairs:
+        variants[(w, a)] = quantize_static(model, calib, _candidate_config(base, w, a),
+                                           progress=False)  # fmt: skip
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return variants
 
 
 def mixed_precision(

@@ -111,7 +111,7 @@ h1{font-size:26px;margin-bottom:4px}h2{font-size:20px;margin-top:36px;border-bot
 table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;vertical-align:middle}
 th{background:#f3f5f8;cursor:pointer;user-select:none;position:sticky;top:0}
-td.t,th.t{text-align:left}tr:nth-child(even) td{background:#fafbfc}
+td.t,th.t{text-align:left;max-width:260px;overflow-wrap:anywhere}th{max-width:120px;white-space:normal}tr:nth-child(even) td{background:#fafbfc}
 th.sorted-asc::after{content:" ▲"}th.sorted-desc::after{content:" ▼"}
 .charts{display:flex;flex-wrap:wrap;gap:18px}.chart{border:1px solid #eee;padding:6px}
 .note{color:#555;font-size:13px}.bad{color:#b00}.good{color:#070}
