@@ -145,3 +145,12 @@ def test_a_checkpoint_keeps_the_float_outputs(tmp_path: object) -> None:
     loaded = zp.load(f"{tmp_path}/ckpt", Head().eval())
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), q(x), rtol=0, atol=0)
+
+
+def test_compare_executions_reports_the_float_outputs_difference() -> None:
+    _, q, x = _quantized(final_relu=True)
+    report = zp.compare_executions(q, x)
+    assert set(report.float_outputs) == {"sim_engine", "engine_ort", "sim_ort"}
+    assert all(0.0 <= d < 1e-5 for d in report.float_outputs.values())
+    assert all(p == 1.0 for p in report.predictions.values())
+    assert "float outputs, largest difference" in report.summary()

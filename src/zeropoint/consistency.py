@@ -66,6 +66,8 @@ class ConsistencyReport:
     outputs: dict[str, Agreement]  # "sim_engine", "engine_ort", "sim_ort": final output codes
     predictions: dict[str, float]  # same pairs: share of equal argmax predictions
     samples: int
+    # float outputs (quantize_outputs=False): the same pairs' largest |Δ| relative to max |y|
+    float_outputs: dict[str, float] = field(default_factory=dict)
 
     def worst(self, pair: str = "sim_engine") -> LayerAgreement | None:
         """The operation with the lowest share of identical codes for ``pair``."""
@@ -90,6 +92,12 @@ class ConsistencyReport:
         for pair, agreement in self.outputs.items():
             pred = self.predictions.get(pair)
             extra = f", predictions agree {100 * pred:.2f} %" if pred is not None else ""
+            if pair in self.float_outputs:
+                lines.append(
+                    f"  {pair}: float outputs, largest difference "
+                    f"{self.float_outputs[pair]:.2g} of max |y|{extra}"
+                )
+                continue
             lines.append(
                 f"  {pair}: output codes identical {100 * agreement.share:.3f} % "
                 f"(max {agreement.max_lsb} LSB){extra}"
@@ -194,6 +202,7 @@ def compare_executions(
     outputs = {k: Agreement() for k in (("sim_engine", "engine_ort", "sim_ort") if onnx
                                          else ("sim_engine",))}  # fmt: skip
     agree = dict.fromkeys(outputs, 0)
+    float_diff: dict[str, float] = {}
     samples = 0
     wanted = set(graph.sim_nodes.values())
     out_edges = program._int_outputs()
@@ -213,10 +222,14 @@ def compare_executions(
             fa, fb = _tensor(final[a]), _tensor(final[b])
             if qp is not None:
                 outputs[pair].add(_codes(fa, qp), _codes(fb, qp))
+            else:  # the model's output stays float: the relative difference
+                scale = max(float(fa.abs().max()), 1e-30)
+                rel = float((fa.float() - fb.float()).abs().max()) / scale
+                float_diff[pair] = max(float_diff.get(pair, 0.0), rel)
             agree[pair] += int((fa.argmax(-1) == fb.argmax(-1)).sum()) if fa.dim() > 1 else 0
         samples += x.shape[0]
     predictions = {k: v / samples for k, v in agree.items()}
-    return ConsistencyReport(list(rows.values()), outputs, predictions, samples)
+    return ConsistencyReport(list(rows.values()), outputs, predictions, samples, float_diff)
 
 
 def _first(batch: Any) -> Tensor:
