@@ -145,7 +145,7 @@ def test_every_observer_is_bit_identical_to_one_process(
     world, ranks = observer_run
     names = list(w.make_observers())
     assert {kind_of(o) for o in w.make_observers().values()} == {
-        "minmax", "moving_average", "histogram"}  # fmt: skip
+        "minmax", "moving_average", "samples", "histogram"}  # fmt: skip
     for name in names:
         ref = _references(world)[name]
         qp, stats = ref.qparams(), state_tensors(ref)
@@ -189,7 +189,7 @@ def test_a_synchronisation_ships_fixed_size_statistics_and_is_not_repeated(
             bins = o.bins  # type: ignore[attr-defined]
             expected += 9 * rows * 8  # MAX: −α, β, exponent, 3 × 2 flags of non-finite moments
             expected += (rows * bins + 2 * rows + 2 * rows * LIMBS) * 8  # SUM: int64
-        else:
+        elif kind_of(o) != "samples":
             expected += 2 * rows * 8  # (−α, β): MAX, or the moving average's all-gather
     # OMSE also keeps its values exactly while they are few (≤ 2^18 per row for activations):
     # those travel too, padded to the largest rank's share (float32), after a float32 flag
@@ -197,6 +197,9 @@ def test_a_synchronisation_ships_fixed_size_statistics_and_is_not_repeated(
     for rank, part in enumerate(shares):
         w.feed(part, w.shard(w.N_BATCHES, rank, world))
     for name, o in observers.items():
+        if kind_of(o) == "samples":  # every sample's (α, β), padded to the largest rank's count
+            counts = [part[name].lo.shape[1] for part in shares]  # type: ignore[attr-defined]
+            expected += 8 + 2 * o._rows * max(counts) * 8
         if hasattr(o, "adopt_values"):
             expected += 4
             kept = [getattr(part[name], "values", None) for part in shares]

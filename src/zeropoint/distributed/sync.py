@@ -47,7 +47,7 @@ from zeropoint.distributed.fingerprint import agree, observer_fingerprint
 from zeropoint.distributed.ranks import Channel, RankMismatchError
 from zeropoint.observers.base import Observer
 from zeropoint.observers.histogram import Histogram, HistogramObserver
-from zeropoint.observers.minmax import MinMax, MovingAverageMinMax
+from zeropoint.observers.minmax import MeanMinMax, MinMax, MovingAverageMinMax
 
 #: Attribute holding (digest of the statistics, num_batches) after a synchronisation.
 MARK = "_zeropoint_rank_sync"
@@ -69,7 +69,10 @@ class SyncStats:
 
 
 def kind_of(observer: Observer) -> str:
-    """Which reduction an observer takes: "minmax", "moving_average" or "histogram"."""
+    """Which reduction an observer takes: "minmax", "moving_average", "samples" or
+    "histogram"."""
+    if isinstance(observer, MeanMinMax):
+        return "samples"
     if isinstance(observer, MovingAverageMinMax):
         return "moving_average"
     if isinstance(observer, MinMax):
@@ -78,7 +81,7 @@ def kind_of(observer: Observer) -> str:
         return "histogram"
     raise TypeError(
         f"zeropoint.distributed cannot reduce a {type(observer).__name__} across ranks: "
-        "supported are MinMax, MovingAverageMinMax and histogram observers (HistogramObserver "
+        "supported are MinMax, MovingAverageMinMax, MeanMinMax and histogram observers (HistogramObserver "
         "subclasses: Percentile, Entropy, MSE, ACIQ and your own estimators)"
     )
 
@@ -95,6 +98,8 @@ def state_tensors(observer: Observer) -> list[Tensor]:
                 h.moments.special]  # fmt: skip
     lo, hi = getattr(observer, "lo", None), getattr(observer, "hi", None)
     assert isinstance(lo, Tensor) and isinstance(hi, Tensor)
+    if isinstance(observer, MeanMinMax):  # a multiset of samples: their order is not state
+        return [lo.sort(1).values, hi.sort(1).values]
     return [lo, hi]
 
 
@@ -277,6 +282,15 @@ def _reduce(channel: Channel, todo: list[tuple[str, Observer, Tensor]], what: st
             o.lo, o.hi = merged.lo, merged.hi  # type: ignore[attr-defined]
             at += 2 * n
 
+    # per-sample extremes (MeanMinMax): every rank's samples, in rank order
+    for _, o, _ in todo:
+        if kind_of(o) == "samples":
+            assert isinstance(o, MeanMinMax) and o.lo is not None and o.hi is not None
+            both = torch.cat([o.lo, o.hi], 0)
+            parts = _gather_columns(channel, both, f"{what} (per-sample extremes)")
+            merged = torch.cat(parts, 1)
+            o.lo, o.hi = merged[: o._rows].clone(), merged[o._rows :].clone()
+
     # observers that also keep their values exactly while they are few (OMSE): every rank's
     # values, in rank order, or none anywhere once any rank (or the total) is past the cap
     for _, o, _ in todo:
@@ -371,6 +385,8 @@ def _empty_state(observer: Observer, rows: int) -> None:
     """The neutral statistics of a rank that saw no data (identities of MIN, MAX and SUM)."""
     if isinstance(observer, HistogramObserver):
         observer.hist = Histogram(rows, observer.bins)
+    elif isinstance(observer, MeanMinMax):
+        observer.lo = observer.hi = torch.zeros(rows, 0, dtype=torch.float64)
     else:
         inf = torch.full((rows,), float("inf"), dtype=torch.float64)
         observer.lo, observer.hi = inf, -inf  # type: ignore[attr-defined]

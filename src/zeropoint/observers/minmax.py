@@ -85,21 +85,20 @@ class MeanMinMax(Observer):
     """Mean over samples of each sample's minimum and maximum (per slice of the scheme).
 
     A sample is a slice of the batch along dimension 0 (a 0-d or 1-d tensor is one sample).
-    The state is the sums of the extremes and the sample count, so ``merge`` is exact: two
-    observers fed halves of the samples give the range of one fed all of them.
+    The state is every sample's extremes, (rows, N) each, and the mean sums them in sorted
+    order, so the range depends only on the multiset of samples: ``merge`` (and the
+    distributed reduction) gives exactly the range of one observer fed all of them.
     """
 
     def __init__(self, scheme: Scheme | None = None) -> None:
         super().__init__(scheme)
-        if self.scheme.axis == 0:
-            # axis 0 is the sample dimension: a per-channel scheme on it has no samples
+        if self.scheme.axis == 0:  # axis 0 is the sample dimension: no samples to average
             raise ValueError(
                 f"mean_minmax averages the extremes of samples along dimension 0; {self.scheme} "
                 "has its channels there: use 'minmax' for weights (output channels on axis 0)"
             )
-        self.lo_sum: Tensor | None = None
-        self.hi_sum: Tensor | None = None
-        self.samples = 0
+        self.lo: Tensor | None = None  # (rows, samples) float64
+        self.hi: Tensor | None = None
 
     def update(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() <= 1:
@@ -110,20 +109,19 @@ class MeanMinMax(Observer):
 
     def _update_rows(self, rows: Tensor) -> None:
         lo, hi = row_minmax(rows)
-        lo, hi = lo.to(torch.float64), hi.to(torch.float64)
-        if self.lo_sum is None or self.hi_sum is None:
-            self.lo_sum, self.hi_sum = lo, hi
+        lo, hi = lo.to(torch.float64)[:, None], hi.to(torch.float64)[:, None]
+        if self.lo is None or self.hi is None:
+            self.lo, self.hi = lo, hi
         else:
-            self.lo_sum, self.hi_sum = self.lo_sum + lo, self.hi_sum + hi
-        self.samples += 1
+            self.lo, self.hi = torch.cat([self.lo, lo], 1), torch.cat([self.hi, hi], 1)
 
     def _merge(self, other: Observer) -> None:
         assert isinstance(other, MeanMinMax)
-        assert self.lo_sum is not None and self.hi_sum is not None
-        assert other.lo_sum is not None and other.hi_sum is not None
-        self.lo_sum, self.hi_sum = self.lo_sum + other.lo_sum, self.hi_sum + other.hi_sum
-        self.samples += other.samples
+        assert self.lo is not None and self.hi is not None
+        assert other.lo is not None and other.hi is not None
+        self.lo, self.hi = torch.cat([self.lo, other.lo], 1), torch.cat([self.hi, other.hi], 1)
 
     def _range(self) -> tuple[Tensor, Tensor]:
-        assert self.lo_sum is not None and self.hi_sum is not None
-        return self.lo_sum / self.samples, self.hi_sum / self.samples
+        assert self.lo is not None and self.hi is not None
+        n = self.lo.shape[1]
+        return self.lo.sort(1).values.sum(1) / n, self.hi.sort(1).values.sum(1) / n
