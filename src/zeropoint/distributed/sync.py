@@ -288,8 +288,8 @@ def _reduce(channel: Channel, todo: list[tuple[str, Observer, Tensor]], what: st
             assert isinstance(o, MeanMinMax) and o.lo is not None and o.hi is not None
             both = torch.cat([o.lo, o.hi], 0)
             parts = _gather_columns(channel, both, f"{what} (per-sample extremes)")
-            merged = torch.cat(parts, 1)
-            o.lo, o.hi = merged[: o._rows].clone(), merged[o._rows :].clone()
+            extremes_all = torch.cat(parts, 1)
+            o.lo, o.hi = extremes_all[: o._rows].clone(), extremes_all[o._rows :].clone()
 
     # observers that also keep their values exactly while they are few (OMSE): every rank's
     # values, in rank order, or none anywhere once any rank (or the total) is past the cap
