@@ -424,18 +424,7 @@ class Float32Requantizer:
     def apply(self, acc: Tensor, channel_axis: int = -1, bound: int | None = None) -> Tensor:
         """Requantize accumulators (integer-valued float32 / float64 or int32 / int64)."""
         assert self.qmin is not None and self.qmax is not None
-        scale = self.scale
-        if scale.dim() == 1:
-            axis = channel_axis % acc.dim()
-            if acc.shape[axis] != scale.numel():
-                raise ValueError(
-                    f"{scale.numel()} per-channel scales do not match axis {channel_axis} of "
-                    f"the accumulator shape {tuple(acc.shape)}"
-                )
-            view = [1] * acc.dim()
-            view[axis] = -1
-            scale = scale.view(view)
-        y = acc.to(torch.float32) * scale
+        y = acc.to(torch.float32) * _broadcast_scale(self.scale, acc, channel_axis)
         z = self.zero_point
         y = y.clamp_(self.qmin - z, self.qmax - z).round_().add_(z)
         return y.to(self.dtype)
@@ -470,18 +459,23 @@ class Dequantizer:
 
     def apply(self, acc: Tensor, channel_axis: int = -1, bound: int | None = None) -> Tensor:
         """Real values of accumulators (integer-valued float32 / float64 or int32 / int64)."""
-        scale = self.scale
-        if scale.dim() == 1:
-            axis = channel_axis % acc.dim()
-            if acc.shape[axis] != scale.numel():
-                raise ValueError(
-                    f"{scale.numel()} per-channel scales do not match axis {channel_axis} of "
-                    f"the accumulator shape {tuple(acc.shape)}"
-                )
-            view = [1] * acc.dim()
-            view[axis] = -1
-            scale = scale.view(view)
-        y = acc.to(torch.float32) * scale
+        y = acc.to(torch.float32) * _broadcast_scale(self.scale, acc, channel_axis)
         if self.lo > -math.inf or self.hi < math.inf:
             y = y.clamp_(self.lo, self.hi)
         return y
+
+
+def _broadcast_scale(scale: Tensor, acc: Tensor, channel_axis: int) -> Tensor:
+    """A per-channel scale (C,) shaped to multiply ``acc`` along ``channel_axis`` (a scalar
+    scale as it is)."""
+    if scale.dim() != 1:
+        return scale
+    axis = channel_axis % acc.dim()
+    if acc.shape[axis] != scale.numel():
+        raise ValueError(
+            f"{scale.numel()} per-channel scales do not match axis {channel_axis} of "
+            f"the accumulator shape {tuple(acc.shape)}"
+        )
+    view = [1] * acc.dim()
+    view[axis] = -1
+    return scale.view(view)
