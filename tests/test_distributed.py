@@ -95,18 +95,18 @@ def results(folder: Path, scenario: str, world: int) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 ranks: every observer, static PTQ (and mismatches), QAT under DDP and FSDP2."""
-    folder = tmp_path_factory.mktemp("two_ranks")
-    outcomes = spawn("observers,static,qat,weight_only,bias_correction,adaround", 2, folder)
-    for rank, o in enumerate(outcomes):
-        assert o["returncode"] == 0, f"rank {rank} failed:\n{o['stderr'][-4000:]}"
-    return folder
+    return _ran(tmp_path_factory.mktemp("two_ranks"),
+                "observers,static,qat,weight_only,bias_correction,adaround", 2)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def three_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("three_ranks")
-    outcomes = spawn("observers", 3, folder)
-    for rank, o in enumerate(outcomes):
+    return _ran(tmp_path_factory.mktemp("three_ranks"), "observers", 3)
+
+
+def _ran(folder: Path, scenarios: str, world: int) -> Path:
+    """``folder`` after every rank of ``world`` ran ``scenarios`` successfully."""
+    for rank, o in enumerate(spawn(scenarios, world, folder)):
         assert o["returncode"] == 0, f"rank {rank} failed:\n{o['stderr'][-4000:]}"
     return folder
 

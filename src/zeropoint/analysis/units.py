@@ -212,15 +212,24 @@ def descendants(nodes: Iterable[fx.Node]) -> set[fx.Node]:
     return seen
 
 
+def leading_tensor(value: Any) -> Tensor | None:
+    """``value`` if it is a tensor, the first element of a tuple/list if that is one, else None."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, tuple | list) and value and isinstance(value[0], Tensor):
+        return value[0]
+    return None
+
+
 def first_tensor(batch: Any) -> Tensor:
     """The model input of a data item: a tensor, or the first element of an (x, y) pair."""
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, tuple | list) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    raise TypeError(
-        f"expected batches that are tensors or (inputs, labels) pairs, got {type(batch).__name__}"
-    )
+    found = leading_tensor(batch)
+    if found is None:
+        raise TypeError(
+            "expected batches that are tensors or (inputs, labels) pairs, got "
+            f"{type(batch).__name__}"
+        )
+    return found
 
 
 def labels_of(batch: Any) -> Tensor | None:
@@ -231,11 +240,10 @@ def labels_of(batch: Any) -> Tensor | None:
 
 def output_tensor(value: Any) -> Tensor:
     """The model's output (the first tensor of a tuple/list output)."""
-    if isinstance(value, Tensor):
-        return value
-    if isinstance(value, tuple | list) and value and isinstance(value[0], Tensor):
-        return value[0]
-    raise TypeError(f"the model returned {type(value).__name__}, expected a tensor")
+    found = leading_tensor(value)
+    if found is None:
+        raise TypeError(f"the model returned {type(value).__name__}, expected a tensor")
+    return found
 
 
 __all__ = [

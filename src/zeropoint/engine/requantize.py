@@ -412,10 +412,9 @@ class Float32Requantizer:
         qmax: int | None = None,
     ) -> Float32Requantizer:  # fmt: skip
         """M32 = fl32(fl32(S_x·S_w) / S_y), in ONNX Runtime's order of operations."""
-        s_x = torch.tensor(float(input_scale), dtype=torch.float32)
         s_y = torch.tensor(float(output_scale), dtype=torch.float32)
-        s_w = torch.as_tensor(weight_scale, dtype=torch.float32)
-        return cls((s_x * s_w) / s_y, int(zero_point), dtype, qmin, qmax)
+        return cls(accumulator_scale(input_scale, weight_scale) / s_y, int(zero_point), dtype,
+                   qmin, qmax)  # fmt: skip
 
     @property
     def channels(self) -> int | None:
@@ -453,6 +452,14 @@ class Dequantizer:
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", self.scale.to(torch.float32))
 
+    @classmethod
+    def from_scales(
+        cls, input_scale: float, weight_scale: float | Tensor, lo: float = -math.inf,
+        hi: float = math.inf,
+    ) -> Dequantizer:  # fmt: skip
+        """scale = fl32(S_x·S_w), the accumulator's step (as `Float32Requantizer` computes it)."""
+        return cls(accumulator_scale(input_scale, weight_scale), float(lo), float(hi))
+
     @property
     def channels(self) -> int | None:
         return None if self.scale.dim() == 0 else self.scale.numel()
@@ -479,3 +486,10 @@ def _broadcast_scale(scale: Tensor, acc: Tensor, channel_axis: int) -> Tensor:
     view = [1] * acc.dim()
     view[axis] = -1
     return scale.view(view)
+
+
+def accumulator_scale(input_scale: float, weight_scale: float | Tensor) -> Tensor:
+    """fl32(S_x·S_w): the real value of one step of an int32 accumulator, per channel where
+    S_w is, in ONNX Runtime's float32 order of operations."""
+    s_x = torch.tensor(float(input_scale), dtype=torch.float32)
+    return s_x * torch.as_tensor(weight_scale, dtype=torch.float32)

@@ -93,16 +93,13 @@ def layer_requantizer(
     y = fl32(acc)·fl32(S_x·S_w), the fused clip in real units.
     """
     qp = op.out_qparams
+    s_w = w_scale.reshape(-1)
+    s_w = s_w.expand(channels).clone() if s_w.numel() == 1 else s_w
     if qp is None:  # the layer's output stays float (quantize_outputs=False)
-        s_xw = torch.tensor(float(x_scale), dtype=torch.float32) * w_scale.reshape(-1).float()
-        s_xw = s_xw.expand(channels).clone() if s_xw.numel() == 1 else s_xw
-        clip = op.clip if op.clip is not None else (-math.inf, math.inf)
-        return Dequantizer(s_xw, float(clip[0]), float(clip[1]))
+        return Dequantizer.from_scales(x_scale, s_w, *(op.clip or (-math.inf, math.inf)))
     dtype = engine_dtype(qp, f"output of {op.where or op.output}")
     lo, hi = clip_codes(op)
     s_y, z_y = grid(qp, f"output of {op.where or op.output}")
-    s_w = w_scale.reshape(-1)
-    s_w = s_w.expand(channels).clone() if s_w.numel() == 1 else s_w
     if rounding == "float32":
         return Float32Requantizer.from_scales(x_scale, s_w, s_y, z_y, dtype, lo, hi)
     if rounding not in REQUANTIZATIONS:
