@@ -154,3 +154,29 @@ def test_compare_executions_reports_the_float_outputs_difference() -> None:
     assert all(0.0 <= d < 1e-6 for d in report.float_outputs.values())  # float32 rounding
     assert all(p == 1.0 for p in report.predictions.values())
     assert "float outputs, largest difference" in report.summary()
+
+
+def test_a_residual_output_keeps_its_final_clamp_in_every_execution(tmp_path: object) -> None:
+    # the U-Net shape of the zoo: clamp(x + head(x), 0, 1). The add's quantizer would follow the
+    # clamp, so the clamp fuses into it; with no quantizer the add runs in float — with the clamp
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.clamp(x + self.head(x), 0.0, 1.0)
+
+    torch.manual_seed(0)
+    model = Residual().eval()
+    x = torch.rand(32, 1, 8, 8) * 1.4 - 0.2
+    q = zp.quantize_static(model, [x], _config(), progress=False)
+    with torch.no_grad():
+        y_sim = q(x)
+    assert float(y_sim.min()) == 0.0 and float(y_sim.max()) == 1.0  # the clamp is active
+    program = zp.to_integer(q, x[:2])
+    torch.testing.assert_close(program(x), y_sim, rtol=0, atol=1e-6)
+    path = zp.export_onnx(q, f"{tmp_path}/residual.onnx", x[:2])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    y_ort = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(y_ort, y_sim.numpy(), rtol=0, atol=1e-6)

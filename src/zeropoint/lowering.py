@@ -365,9 +365,10 @@ class _Builder:
             if spec.role == "layer" and op.out_qparams is None and self.float_output(op):
                 continue  # int32 accumulator → float (`Dequantizer`): the model's output
             if spec.role in ("layer", "requant") and op.out_qparams is None:
-                # no quantizer followed it (e.g. it feeds only float code): it runs in float
+                # no quantizer followed it (e.g. it feeds only float code): it runs in float,
+                # with the clip that was fused into it (e.g. the model's final clamp)
                 assert op.node is not None
-                self.ops[i] = QOp("float", op.inputs, op.output,
+                self.ops[i] = QOp("float", op.inputs, op.output, clip=op.clip,
                                   attrs={"node_edges": self.node_edges(op.node)},
                                   where=op.where, shape=op.shape, node=op.node,
                                   module=op.module)  # fmt: skip

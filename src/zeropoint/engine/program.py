@@ -295,8 +295,12 @@ def _python(op: QOp, graph: QGraph) -> Callable[[dict[str, Any]], Any]:
 
 
 def _float(op: QOp, graph: QGraph) -> Callable[[dict[str, Any]], Any]:
-    """A fallback: dequantize the inputs, run the original torch op, return a float tensor."""
-    return lambda v: _evaluate(op, v, graph, dequantize=True)
+    """A fallback: dequantize the inputs, run the original torch op, return a float tensor
+    (clipped by a clip fused into it: an op whose quantizer was to follow the clip)."""
+    if op.clip is None:
+        return lambda v: _evaluate(op, v, graph, dequantize=True)
+    lo, hi = op.clip
+    return lambda v: _evaluate(op, v, graph, dequantize=True).clamp(lo, hi)
 
 
 def _evaluate(op: QOp, values: dict[str, Any], graph: QGraph, dequantize: bool) -> Any:

@@ -210,8 +210,8 @@ def _emit(b: OnnxBuilder, op: QOp, graph: QGraph) -> None:
         if spec.emit is None:
             raise ValueError(f"{op.where}: operation {kind!r} has no ONNX form")
         y = spec.emit(b, op, graph, list(ins))
-        if op.clip is not None:
-            y = emit_clip(b, y, *op.clip)
+    if op.clip is not None:
+        y = emit_clip(b, y, *op.clip)
     if op.out_qparams is None:
         b.node("Identity", [y], op.output)
     else:
