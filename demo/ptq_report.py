@@ -168,6 +168,8 @@ def default_recipes(
         Recipe("AdaRound + BC", "W4 per-channel", "A8", with_bias_correction(adarounded(w4, **ada))),
         Recipe("round-to-nearest", "W4 per-channel, first/last W8A8", "A8", static(w4fl)),
         Recipe("AdaRound", "W4 per-channel, first/last W8A8", "A8", adarounded(w4fl, **ada)),
+        Recipe("AdaRound + BC", "W4 per-channel, first/last W8A8", "A8",
+               with_bias_correction(adarounded(w4fl, **ada))),
         Recipe("round-to-nearest", "W4 per-channel", "fp32", static(w4f)),
         Recipe("AdaRound", "W4 per-channel", "fp32", adarounded(w4f, **ada)),
         Recipe("round-to-nearest", "W3 per-channel", "A8", static(w3)),
