@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -211,15 +212,37 @@ def _equalized_then_corrected(build: Build, **options: Any) -> Build:
 
 
 _DISTILLED: dict[tuple[int, ...], Tensor] = {}
+#: ``--distilled-cache``: a file keeping the distilled data between runs (with a JSON sidecar
+#: of the settings that made it and the seconds it took), and what the run did with it.
+DISTILLED_CACHE: dict[str, Any] = {"path": None, "loaded": None}
 
 
 def _distilled(m: nn.Module, x: Tensor, options: dict[str, Any]) -> Tensor:
     """Distilled data for ``m`` (as many samples as the calibration set; the calibration
     samples themselves are used for nothing but their count and shape). Cached per run so
-    level 1 and level 2 share it; its cost is charged to the first recipe that makes it."""
+    level 1 and level 2 share it; its cost is charged to the first recipe that makes it. With
+    ``DISTILLED_CACHE["path"]`` set, data distilled by an earlier run with the same settings
+    are loaded instead (their distillation seconds are reported, not charged)."""
     key = (id(m), *x.shape)
-    if key not in _DISTILLED:
-        _DISTILLED[key] = distill_data(m, tuple(x.shape[1:]), x.shape[0], progress=False, **options)
+    if key in _DISTILLED:
+        return _DISTILLED[key]
+    settings = {"shape": list(x.shape), **{k: list(v) if isinstance(v, tuple) else v
+                                           for k, v in sorted(options.items())}}  # fmt: skip
+    path = DISTILLED_CACHE["path"]
+    meta_path = f"{path}.json"
+    if path and os.path.exists(path) and os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("settings") == settings:
+            _DISTILLED[key] = torch.load(path)
+            DISTILLED_CACHE["loaded"] = meta
+            return _DISTILLED[key]
+    start = time.perf_counter()
+    _DISTILLED[key] = distill_data(m, tuple(x.shape[1:]), x.shape[0], progress=False, **options)
+    if path:
+        torch.save(_DISTILLED[key], path)
+        with open(meta_path, "w") as f:
+            json.dump({"settings": settings, "seconds": time.perf_counter() - start}, f)
     return _DISTILLED[key]
 
 
@@ -396,11 +419,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="evaluate the converted layers' float simulation, not their integer kernels",
     )
     parser.add_argument("--zeroq-iterations", type=int, default=500)
+    parser.add_argument(
+        "--distilled-cache",
+        default="",
+        help="keep ZeroQ's distilled data in this file and reuse it when the settings match",
+    )
     parser.add_argument("--json", default="", help="write the rows to this JSON file")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", default=None, help="directory caching trained zoo networks")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    DISTILLED_CACHE["path"] = args.distilled_cache or None
     ada = {"iterations": args.adaround_iterations, "batch_rows": args.adaround_batch_rows}
     if args.model == "mobilenet_v2":
         zq = {"input_stats": (0.0, 1.0), "iterations": args.zeroq_iterations}
@@ -429,6 +458,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows = zoo_table(args.model, recipes, cache_dir=args.cache, **options)
         keys = ["accuracy"]
     print(markdown(rows, keys))
+    if DISTILLED_CACHE["loaded"] is not None:
+        print(
+            f"ZeroQ's distilled data were loaded from {DISTILLED_CACHE['path']} (distilled in "
+            f"{DISTILLED_CACHE['loaded']['seconds']:.0f} s, not charged to the rows above)"
+        )
 
 
 if __name__ == "__main__":
