@@ -178,8 +178,16 @@ def default_recipes(
         Recipe("AdaRound", "W3 per-channel", "A8", adarounded(w3, **ada)),
         Recipe("ZeroQ level 1 (percentile)", "W8 per-channel", "A8",
                _zeroq1(config(8, 8, observer="percentile"), zq), "no real data"),
+        Recipe("ZeroQ level 1 (min-max)", "W8 per-channel", "A8", _zeroq1(pc8, zq), "no real data"),
+        Recipe("ZeroQ level 1 (MSE)", "W8 per-channel", "A8",
+               _zeroq1(config(8, 8, observer="mse"), zq), "no real data"),
         Recipe("ZeroQ level 1", "W4 per-channel", "A8", _zeroq1(w4, zq), "no real data"),
         Recipe("ZeroQ level 2", "W4 per-channel", "A8", _zeroq2(w4, zq), "no real data"),
+        Recipe("ZeroQ + AdaRound", "W4 per-channel", "A8", _zeroq_adaround(w4, zq, ada),
+               "no real data: AdaRound on the distilled data"),
+        Recipe("ZeroQ level 2 from ZeroQ + AdaRound", "W4 per-channel", "A8",
+               _zeroq2(w4, zq, start=_zeroq_adaround(w4, zq, ada)),
+               "no real data: fine-tuning starts at AdaRound's rounding"),
     ]  # fmt: skip
     return recipes
 
@@ -246,18 +254,37 @@ def _distilled(m: nn.Module, x: Tensor, options: dict[str, Any]) -> Tensor:
     return _DISTILLED[key]
 
 
+def _distill_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k != "finetune_epochs"}
+
+
 def _zeroq1(cfg: zp.QuantConfig, options: dict[str, Any]) -> Build:
+    distill = _distill_options(options)
     return lambda m, x: zeroq_quantize(
-        m, cfg, input_shape=tuple(x.shape[1:]), distilled=_distilled(m, x, options), progress=False
+        m, cfg, input_shape=tuple(x.shape[1:]), distilled=_distilled(m, x, distill), progress=False
     )
 
 
-def _zeroq2(cfg: zp.QuantConfig, options: dict[str, Any]) -> Build:
+def _zeroq2(cfg: zp.QuantConfig, options: dict[str, Any], start: Build | None = None) -> Build:
+    """ZeroQ level 2 (``finetune_epochs`` of knowledge distillation, default 10); ``start``:
+    the build whose model the fine-tuning starts from (default: the float weights)."""
     epochs = int(options.get("finetune_epochs", 10))
+    distill = _distill_options(options)
     return lambda m, x: zeroq_finetune(
-        m, cfg, input_shape=tuple(x.shape[1:]), distilled=_distilled(m, x, options),
-        epochs=epochs, progress=False,
+        m, cfg, input_shape=tuple(x.shape[1:]), distilled=_distilled(m, x, distill),
+        epochs=epochs, start=start(m, x) if start is not None else None, progress=False,
     )  # fmt: skip
+
+
+def _zeroq_adaround(cfg: zp.QuantConfig, options: dict[str, Any], ada: dict[str, Any]) -> Build:
+    """AdaRound reconstructing every layer from the distilled data (no real sample)."""
+    distill = _distill_options(options)
+
+    def run(m: nn.Module, x: Tensor) -> nn.Module:
+        d = _distilled(m, x, distill)
+        return adaround(m, d, cfg, num_samples=d.shape[0], progress=False, **ada)
+
+    return run
 
 
 # --------------------------------------------------------------------------- the table

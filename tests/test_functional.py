@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
@@ -69,6 +70,16 @@ def test_per_channel_matches_torch_except_documented_near_ties() -> None:
     assert int(differ.sum()) <= 10
     scale = qp.scale.reshape(64, 1, 1, 1).expand_as(x)
     assert bool(_near_tie(x[differ], scale[differ]).all())
+
+
+def test_a_parameter_quantizes_to_the_codes_of_its_values() -> None:
+    """Codes carry no gradient: a tensor that requires one (a layer's weight) gives the codes of
+    its values, per tensor and per channel (it used to raise from an in-place clamp)."""
+    w = nn.Parameter(torch.randn(4, 8))
+    for scheme in (Scheme(bits=4), Scheme(bits=8, axis=0)):
+        qp = zp.calibrate(w.detach(), scheme)
+        assert torch.equal(zp.quantize_int(w, qp), zp.quantize_int(w.detach(), qp))
+    assert w.requires_grad
 
 
 def test_dequantize_matches_torch_exactly() -> None:

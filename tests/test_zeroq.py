@@ -132,3 +132,43 @@ def test_level_2_fine_tunes_on_distilled_data_and_beats_level_1(
     acc2 = accuracy(level2, data.x_test, data.y_test)
     assert acc2 > acc1 + 20.0
     assert zeroq_report(level2).level == 2
+
+
+@pytest.mark.slow
+def test_level_2_can_start_from_adarounds_weights(digits: tuple[DigitsCNN, DigitsData]) -> None:
+    """``start=``: the student begins at the given converted model's weights (AdaRound's learned
+    rounding on the distilled data): with a vanishing learning rate every layer comes out with
+    exactly AdaRound's integer weights; a model of other layers is refused by name."""
+    from zeropoint.functional import quantize_int
+    from zeropoint.nn.modules import QuantMixin
+    from zeropoint.ptq.adaround import adaround
+
+    model, data = digits
+    distilled = distill_data(model, (1, 8, 8), 64, batch_size=64, iterations=100, progress=False)
+    config = zp.QuantConfig(
+        weight=zp.Scheme(bits=4, symmetric=True, axis=0), activation=zp.Scheme(bits=8, signed=False)
+    )
+    ada = adaround(model, distilled, config, iterations=50, rows=512, batch_rows=128, progress=False)
+    still = zeroq_finetune(model, config, input_shape=(1, 8, 8), distilled=distilled, epochs=1,
+                           lr=1e-12, start=ada, progress=False)  # fmt: skip
+
+    def codes(m: nn.Module) -> dict[str, torch.Tensor]:
+        return {
+            n: quantize_int(layer.float_weight, layer.weight_qparams())
+            for n, layer in m.named_modules()
+            if isinstance(layer, QuantMixin) and layer.weight_quant is not None
+        }
+
+    mine, theirs = codes(still), codes(ada)
+    assert set(mine) == set(theirs) and len(mine) >= 3
+    for name in mine:
+        assert torch.equal(mine[name], theirs[name]), name
+    tuned = zeroq_finetune(model, config, input_shape=(1, 8, 8), distilled=distilled, epochs=5,
+                           start=ada, progress=False)  # fmt: skip
+    assert accuracy(tuned, data.x_test, data.y_test) >= accuracy(ada, data.x_test, data.y_test) - 2
+    other = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(144, 10)).eval()  # fmt: skip
+    other_q = zp.quantize_static(other, [distilled], config, progress=False)
+    with pytest.raises(ValueError, match="start has no quantized layer"):
+        zeroq_finetune(model, config, input_shape=(1, 8, 8), distilled=distilled, epochs=1,
+                       start=other_q, progress=False)  # fmt: skip

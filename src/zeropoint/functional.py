@@ -248,8 +248,10 @@ def quantize_int(
     ``generator``: required by stochastic rounding (a torch.Generator or an int seed).
     ``fused=True`` runs float32 per-tensor tensors of at least 2^20 elements with a
     deterministic rounding mode as one compiled pass (`zeropoint.fused`: the same codes, 2-3x
-    faster, compiled on first use); everything else runs eagerly."""
+    faster, compiled on first use); everything else runs eagerly. Codes carry no gradient: a
+    tensor that requires one (a parameter) is read detached."""
     check_tensor(x, "tensor to quantize")
+    x = x.detach()
     qparams = _check_qparams(qparams, "quantize")
     scheme = qparams.scheme
     gen = as_generator(generator, scheme)

@@ -33,6 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zeropoint.nn.modules import QuantMixin
+from zeropoint.nn.quantizers import FakeQuant
+from zeropoint.ptq.equalize import fold_batchnorms
 from zeropoint.ptq.simulation import simulate
 from zeropoint.workflows.config import QuantConfig, int8_static
 from zeropoint.workflows.qat import freeze_bn, prepare_qat
@@ -243,6 +246,7 @@ def zeroq_finetune(
     loss: str = "kl",
     learnable: str | None = None,
     generator: torch.Generator | None = None,
+    start: nn.Module | None = None,
     progress: bool = True,
     **distill_options: Any,
 ) -> nn.Module:
@@ -252,7 +256,12 @@ def zeroq_finetune(
     trained — None (default): straight-through fake quantization, weights at their min-max
     range and activations at moving-average min-max ranges; or "lsq", "lsq+", "pact" (overrides
     the config's). On the digits CNN at W4A4 and W2A4 the straight-through quantizers fine-tune
-    far better from distilled data than LSQ's learned steps (see docs/ptq.md)."""
+    far better from distilled data than LSQ's learned steps (see docs/ptq.md). ``start``: a
+    model converted from ``model`` whose layers' weights and biases start the fine-tuning
+    instead of the float ones — e.g. ``adaround(model, distilled, config)``, AdaRound's learned
+    rounding on the same distilled data; its layers hold batch-norm-folded weights, so the
+    student is built from ``model`` with its batch norms folded, and its straight-through
+    weight quantizers keep the start's (S, Z) (learnable ones start from their own)."""
     if loss not in ("kl", "mse"):
         raise ValueError(f"loss={loss!r} is unknown: expected 'kl' or 'mse'")
     if epochs < 1 or lr <= 0 or temperature <= 0:
@@ -278,7 +287,14 @@ def zeroq_finetune(
                 for i in range(0, distilled.shape[0], batch_size)
             ]
         )
-    student = prepare_qat(model, cfg, example_inputs=distilled[: max(batch_size, 1)])
+    example = distilled[: max(batch_size, 1)]
+    if start is None:
+        student = prepare_qat(model, cfg, example_inputs=example)
+    else:
+        student = prepare_qat(fold_batchnorms(model), cfg)
+        _start_from(student, start)
+        with torch.no_grad():
+            student(example)  # the activation ranges, on the starting weights
     freeze_bn(student)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
@@ -325,6 +341,33 @@ def zeroq_finetune(
     )  # fmt: skip
     model_q.__dict__[REPORT_KEY] = report
     return model_q
+
+
+def _start_from(student: nn.Module, start: nn.Module) -> None:
+    """Copy every quantized layer's weight and bias from ``start`` (same layer names)."""
+    for name, layer in student.named_modules():
+        if not isinstance(layer, QuantMixin) or layer.weight_quant is None:
+            continue
+        source = dict(start.named_modules()).get(name)
+        if (
+            not isinstance(source, QuantMixin)
+            or source.float_weight.shape != layer.float_weight.shape
+        ):
+            raise ValueError(
+                f"start has no quantized layer {name!r} of weight shape "
+                f"{tuple(layer.float_weight.shape)}: give a model converted from the same model"
+            )
+        with torch.no_grad():
+            layer.float_weight.copy_(source.float_weight)
+            bias, source_bias = getattr(layer, "bias", None), getattr(source, "bias", None)
+            if isinstance(bias, Tensor) and isinstance(source_bias, Tensor):
+                bias.copy_(source_bias)
+        wq, source_wq = layer.weight_quant, source.weight_quant
+        if isinstance(wq, FakeQuant) and isinstance(source_wq, FakeQuant) and source_wq.frozen:
+            # the weights train on the start's grid: a min-max range recomputed from rounded
+            # weights can differ by a step (4-bit symmetric: −8·S sets the range) and re-round
+            wq.set_qparams(source_wq.qparams())
+            wq.mode = "quantize"
 
 
 def zeroq_report(model: nn.Module) -> ZeroQReport:
