@@ -7,11 +7,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
+from torch import nn
 
 import zeropoint as zp
 from zeropoint.qparams import QParams, Scheme, qparams_from_range
