@@ -148,7 +148,9 @@ def test_level_2_can_start_from_adarounds_weights(digits: tuple[DigitsCNN, Digit
     config = zp.QuantConfig(
         weight=zp.Scheme(bits=4, symmetric=True, axis=0), activation=zp.Scheme(bits=8, signed=False)
     )
-    ada = adaround(model, distilled, config, iterations=50, rows=512, batch_rows=128, progress=False)
+    ada = adaround(
+        model, distilled, config, iterations=50, rows=512, batch_rows=128, progress=False
+    )
     still = zeroq_finetune(model, config, input_shape=(1, 8, 8), distilled=distilled, epochs=1,
                            lr=1e-12, start=ada, progress=False)  # fmt: skip
 
