@@ -345,10 +345,11 @@ def zeroq_finetune(
 
 def _start_from(student: nn.Module, start: nn.Module) -> None:
     """Copy every quantized layer's weight and bias from ``start`` (same layer names)."""
+    theirs = dict(start.named_modules())
     for name, layer in student.named_modules():
         if not isinstance(layer, QuantMixin) or layer.weight_quant is None:
             continue
-        source = dict(start.named_modules()).get(name)
+        source = theirs.get(name)
         if (
             not isinstance(source, QuantMixin)
             or source.float_weight.shape != layer.float_weight.shape
