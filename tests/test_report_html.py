@@ -205,3 +205,21 @@ def test_scatter_axis_labels_do_not_overlap() -> None:
     assert len(axis) >= 2
     for (x0, a), (x1, b) in itertools.pairwise(axis):
         assert x1 - x0 >= 3.4 * (len(a) + len(b)) + 6, (a, b)  # half widths and a 6 px gap
+
+
+def test_scatter_points_on_one_spot_share_one_label() -> None:
+    """The main job's MobileNetV2 chart printed 1 over 4 (fp32 and ONNX Runtime fp32: the same
+    size and agreement): coincident points get one label "1,4"; distant points keep their own."""
+    from zeropoint.report import svg
+
+    pts = [svg.Point(13853, 100.0, "fp32", number=1), svg.Point(3700, 72.0, "int8", number=2),
+           svg.Point(13853.5, 100.0, "ORT fp32", number=4, group="peer"),
+           svg.Point(3701, 72.1, "engine", number=3)]  # fmt: skip
+    root = ET.fromstring(svg.scatter(pts, "size on disk (KB)", "top-1 %"))
+    ns = "{http://www.w3.org/2000/svg}"
+    bold = sorted(t.text or "" for t in root.iter(f"{ns}text") if t.get("font-weight") == "bold")
+    assert bold == ["1,4", "2,3"]
+    apart = [svg.Point(4000, 50.0, "a", number=1), svg.Point(12000, 90.0, "b", number=2)]
+    root = ET.fromstring(svg.scatter(apart, "size", "top-1 %"))
+    assert sorted(t.text or "" for t in root.iter(f"{ns}text")
+                  if t.get("font-weight") == "bold") == ["1", "2"]  # fmt: skip

@@ -133,18 +133,30 @@ def _svg(width: int, height: int, body: list[str], label: str) -> str:
             + "".join(body) + "</svg>")  # fmt: skip
 
 
+#: Points whose markers lie closer than this (pixels, both axes) share one label.
+LABEL_MERGE_PX = 10.0
+
+
 def scatter(points: Sequence[Point], xlabel: str, ylabel: str, width: int = 520,
             height: int = 340, log_x: bool = True, title: str = "") -> str:  # fmt: skip
     """Numbered points (see the module docstring); highlighted points are filled circles, the
-    others crosses; colour by group."""
+    others crosses; colour by group. Points closer than ``LABEL_MERGE_PX`` share one label
+    ("1,4", in the first one's colour) instead of printing their numbers over each other."""
     if not points:
         return _svg(width, 40, [f"<text x='8' y='24' {FONT}>no data</text>"], title)
     ax = _Axes([p.x for p in points], [p.y for p in points], width, height, log_x)
     body = ax.frame(xlabel, ylabel)
     groups = list(dict.fromkeys(p.group for p in points))
+    labels: list[tuple[float, float, list[str], str]] = []  # x, y, numbers, colour
     for p in points:
         color = PALETTE[groups.index(p.group) % len(PALETTE)]
         x, y = ax.px(p.x), ax.py(p.y)
+        near = next((lb for lb in labels if abs(lb[0] - x) < LABEL_MERGE_PX
+                     and abs(lb[1] - y) < LABEL_MERGE_PX), None)  # fmt: skip
+        if near is None:
+            labels.append((x, y, [str(p.number)], color))
+        else:  # points on (nearly) one spot share one label, "1,4", instead of overprinting
+            near[2].append(str(p.number))
         tip = f"<title>{p.number}. {escape(p.label)}: {_fmt(p.x)}, {_fmt(p.y)}</title>"
         if p.highlight:
             body.append(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='5' fill='{color}'>{tip}</circle>")
@@ -152,8 +164,9 @@ def scatter(points: Sequence[Point], xlabel: str, ylabel: str, width: int = 520,
             body.append(f"<path d='M{x - 4:.1f},{y - 4:.1f}L{x + 4:.1f},{y + 4:.1f}M{x - 4:.1f},"
                         f"{y + 4:.1f}L{x + 4:.1f},{y - 4:.1f}' stroke='{color}' "
                         f"stroke-width='2'>{tip}</path>")  # fmt: skip
+    for x, y, numbers, color in labels:
         body.append(f"<text x='{x + 6:.1f}' y='{y - 6:.1f}' font-size='11' font-weight='bold' "
-                    f"fill='{color}' {FONT}>{p.number}</text>")  # fmt: skip
+                    f"fill='{color}' {FONT}>{','.join(numbers)}</text>")  # fmt: skip
     return _svg(width, height, body, title or f"{ylabel} against {xlabel}")
 
 
