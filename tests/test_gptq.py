@@ -118,7 +118,7 @@ def test_gptq_model_beats_round_to_nearest_and_round_trips(tmp_path: Path) -> No
 def test_minilm_int4_gptq_with_awq_scales_keeps_embeddings() -> None:
     """The issue's bar: all-MiniLM-L6-v2 with every Linear at 4 bits (asymmetric, groups of
     32), calibrated on 64 sentences none of which is evaluated: mean cosine ≥ 0.99 and
-    nearest-neighbour agreement ≥ 89% on the evaluation set (round to nearest: 0.976 / 85%).
+    nearest-neighbour agreement ≥ 90% on the evaluation set (round to nearest: 0.976 / 85%).
     Dampening 0.1: 64 sentences give ~900 token rows, fewer than the 1536 inputs of the
     feed-forward output layers, so their Hessians are singular and need the stronger prior."""
     from demo.zoo.calibration_text import CALIBRATION_64
@@ -143,9 +143,9 @@ def test_minilm_int4_gptq_with_awq_scales_keeps_embeddings() -> None:
     mean, worst = mean_cosine(ref, emb)
     agreement = nearest_neighbour_agreement(ref, emb)
     print(f"MiniLM int4 g32 GPTQ+AWQ: mean cosine {mean:.4f} (min {worst:.4f}), NN {agreement:.3f}")
-    # one sentence of 298 is 0.0034 of agreement: the thread count (pytest-xdist workers) moves
-    # the float sums enough to flip a few (0.899 measured under xdist, ≥ 0.90 alone); RTN: 0.85
-    assert mean >= 0.99 and agreement >= 0.89
+    # measured 0.913 alone and under make test's two xdist workers (threads pinned to 1 by
+    # conftest); one sentence of 298 is 0.0034 of agreement; round to nearest: 0.85
+    assert mean >= 0.99 and agreement >= 0.90
     rtn = zp.quantize_dynamic(model, config).encode(
         sentences, batch_size=32, convert_to_tensor=True
     )
