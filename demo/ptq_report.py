@@ -277,13 +277,8 @@ def _zeroq2(cfg: zp.QuantConfig, options: dict[str, Any], start: Build | None = 
 
 def _zeroq_adaround(cfg: zp.QuantConfig, options: dict[str, Any], ada: dict[str, Any]) -> Build:
     """AdaRound reconstructing every layer from the distilled data (no real sample)."""
-    distill = _distill_options(options)
-
-    def run(m: nn.Module, x: Tensor) -> nn.Module:
-        d = _distilled(m, x, distill)
-        return adaround(m, d, cfg, num_samples=d.shape[0], progress=False, **ada)
-
-    return run
+    distill, build = _distill_options(options), adarounded(cfg, **ada)
+    return lambda m, x: build(m, _distilled(m, x, distill))
 
 
 # --------------------------------------------------------------------------- the table
