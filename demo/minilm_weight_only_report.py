@@ -78,7 +78,7 @@ def minilm_weight_only_rows(
         algos: dict[str, Callable[[], nn.Module]] = {
             "round to nearest": lambda b=bits: zp.quantize_dynamic(model, _config(b, group)),
             "GPTQ + AWQ scales": lambda b=bits: gptq_quantize(
-                model, _calibrate, _config(b, group), damp=0.1, awq_scales=True
+                model, _calibrate, _config(b, group), damp=0.3, clip=True, awq_scales=True
             ),
             "AWQ": lambda b=bits: awq_quantize(model, _calibrate, _config(b, group)),
             "HQQ": lambda b=bits: hqq_quantize(model, _config(b, group, signed=False)),

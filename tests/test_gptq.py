@@ -12,7 +12,7 @@ from torch import nn
 
 import zeropoint as zp
 from zeropoint.nn.weight_only import WeightOnlyLinear
-from zeropoint.ptq.gptq import gptq_layer, gptq_quantize
+from zeropoint.ptq.gptq import gptq_layer, gptq_quantize, group_qparams
 
 
 def _layer_and_hessian(
@@ -88,6 +88,42 @@ def test_gptq_matches_the_direct_float64_update(scheme: zp.Scheme, act_order: bo
     assert result.error < result.rtn_error
 
 
+def test_clip_search_picks_each_rows_range_by_its_hessian_weighted_error() -> None:
+    """Brute force in float64 with the asymmetric 4-bit formulas written out: for every row of a
+    group and every ratio r ∈ {1, 0.95, …, 0.5}, S = (β − α)/15 with α = min(r·min w, 0),
+    β = max(r·max w, 0), Z = −round(α/S), ŵ = (clamp(round(w/S) + Z, 0, 15) − Z)·S; the row keeps
+    the first r with the least (w − ŵ)·H_g·(w − ŵ)ᵀ."""
+    w, h = _layer_and_hessian()
+    wg, hg = w[:, 16:32].double(), h[16:32, 16:32]
+    rows = zp.Scheme(bits=4, symmetric=False, axis=0)
+    qp = group_qparams(wg, hg, rows, clip=True)
+    shrunk = 0
+    for n in range(wg.shape[0]):
+        best: tuple[float, float] | None = None
+        for i in range(11):
+            r = 1 - i / 20
+            lo, hi = min(r * float(wg[n].min()), 0.0), max(r * float(wg[n].max()), 0.0)
+            s = (hi - lo) / 15
+            z = -round(lo / s)
+            what = ((wg[n] / s).round() + z).clamp(0, 15).sub(z).mul(s)
+            err = float((wg[n] - what) @ hg @ (wg[n] - what))
+            if best is None or err < best[0]:
+                best = (err, s)
+        assert best is not None
+        assert float(qp.scale[n]) == pytest.approx(best[1], rel=1e-6)
+        shrunk += best[1] < (float(wg[n].max()) - min(float(wg[n].min()), 0)) / 15 * (1 - 1e-9)
+    assert shrunk > 0  # the search does move ranges on this layer
+    assert torch.equal(group_qparams(wg, hg, rows).scale, zp.calibrate(wg.float(), rows).scale)
+
+
+def test_gptq_with_the_clip_search_lowers_the_layer_error() -> None:
+    w, h = _layer_and_hessian()
+    scheme = zp.Scheme(bits=3, symmetric=False, group_size=16)
+    plain = gptq_layer(w, h, scheme, block_size=16)
+    clipped = gptq_layer(w, h, scheme, block_size=16, clip=True)
+    assert clipped.error < plain.error and clipped.rtn_error < plain.rtn_error
+
+
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 32))
@@ -119,8 +155,15 @@ def test_minilm_int4_gptq_with_awq_scales_keeps_embeddings() -> None:
     """The issue's bar: all-MiniLM-L6-v2 with every Linear at 4 bits (asymmetric, groups of
     32), calibrated on 64 sentences none of which is evaluated: mean cosine ≥ 0.99 and
     nearest-neighbour agreement ≥ 90% on the evaluation set (round to nearest: 0.976 / 85%).
-    Dampening 0.1: 64 sentences give ~900 token rows, fewer than the 1536 inputs of the
-    feed-forward output layers, so their Hessians are singular and need the stronger prior."""
+    Dampening 0.3: 64 sentences give ~900 token rows, fewer than the 1536 inputs of the
+    feed-forward output layers, so their Hessians are singular and need the stronger prior; the
+    groups' ranges by the Hessian-weighted clipping search.
+
+    The agreement moves by ±2 points with the last bits of the float arithmetic (a CI machine's
+    CPU measured 0.896 with dampening 0.1 and no clipping search, 0.913 here). Over seven
+    perturbations here (calibration batch 8 / 16 / 32 / 64, weights × (1 + 10⁻⁶·noise) for
+    three seeds), dampening 0.3 + clipping search: 0.906–0.926, mean 0.917 (cosine 0.9916–0.9918);
+    dampening 0.1 without it: 0.886–0.926, mean 0.906."""
     from demo.zoo.calibration_text import CALIBRATION_64
     from demo.zoo.minilm import load_minilm
     from demo.zoo.sentences import SENTENCES, mean_cosine, nearest_neighbour_agreement
@@ -135,7 +178,7 @@ def test_minilm_int4_gptq_with_awq_scales_keeps_embeddings() -> None:
     )
     q = gptq_quantize(
         model, lambda m: m.encode(list(CALIBRATION_64), batch_size=32), config,
-        damp=0.1, awq_scales=True,
+        damp=0.3, clip=True, awq_scales=True,
     )  # fmt: skip
     assert type(q) is type(model)
     ref = model.encode(sentences, batch_size=32, convert_to_tensor=True)
@@ -143,8 +186,7 @@ def test_minilm_int4_gptq_with_awq_scales_keeps_embeddings() -> None:
     mean, worst = mean_cosine(ref, emb)
     agreement = nearest_neighbour_agreement(ref, emb)
     print(f"MiniLM int4 g32 GPTQ+AWQ: mean cosine {mean:.4f} (min {worst:.4f}), NN {agreement:.3f}")
-    # measured 0.913 alone and under make test's two xdist workers (threads pinned to 1 by
-    # conftest); one sentence of 298 is 0.0034 of agreement; round to nearest: 0.85
+    # one sentence of 298 is 0.0034 of agreement; round to nearest: 0.85
     assert mean >= 0.99 and agreement >= 0.90
     rtn = zp.quantize_dynamic(model, config).encode(
         sentences, batch_size=32, convert_to_tensor=True

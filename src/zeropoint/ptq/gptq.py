@@ -20,7 +20,11 @@ group-wise (S, Z) of each block of ``group_size`` input channels computed before
 ("static groups", so the groups stay contiguous in the original order, as ONNX blocked
 quantization and the packed kernels need); without act_order the (S, Z) of a group are taken
 from the already updated weights when the group's first column is reached. The (S, Z) come from
-`zeropoint.observers.calibrate` (min-max), the rounding from `zeropoint.functional`.
+`zeropoint.observers.calibrate` (min-max), the rounding from `zeropoint.functional`. With
+``clip=True`` each row of a group takes the shrunk range [r·min w, r·max w], r ∈ {1, 0.95, …,
+0.5}, with the least round-to-nearest error of the group's output, (w − Q_r(w))·H_g·(w −
+Q_r(w))ᵀ for the group's block H_g of the Hessian (AWQ's auto-clip grid, scored by the Hessian
+instead of a sample of inputs; `group_qparams`).
 
 Everything is computed in float64. `gptq_quantize` runs it on a whole model, layer by layer on
 inputs that already passed the quantized earlier layers (`zeropoint.ptq.capture`).
@@ -38,7 +42,7 @@ from zeropoint.functional import dequantize_int, quantize_int
 from zeropoint.nn.weight_only import WeightOnlyEmbedding, WeightOnlyLinear
 from zeropoint.observers.registry import calibrate
 from zeropoint.ptq.capture import CalibData, LayerInputs, quantize_sequentially
-from zeropoint.qparams import QParams, Scheme
+from zeropoint.qparams import QParams, Scheme, qparams_for
 from zeropoint.workflows.config import QuantConfig, int4_weight_only
 from zeropoint.workflows.dynamic import selected_layers
 from zeropoint.workflows.graph import QuantState
@@ -88,6 +92,35 @@ def _quadratic_error(delta: Tensor, hessian: Tensor) -> float:
     return float(((delta @ hessian) * delta).sum() / 2)
 
 
+#: the clipping search's ratios r = 1 − i/CLIP_GRID for i ≤ CLIP_MAX_SHRINK·CLIP_GRID (AWQ's grid)
+CLIP_GRID, CLIP_MAX_SHRINK = 20, 0.5
+
+
+def group_qparams(weight: Tensor, hessian: Tensor, scheme: Scheme, clip: bool = False) -> QParams:
+    """(S, Z) per row of one group of columns w (N, g) under the row scheme: min-max, or with
+    ``clip`` the row's range [min w, max w] shrunk by the r ∈ {1, 0.95, …, 0.5} with the least
+    round-to-nearest error (w − Q_r(w))·H_g·(w − Q_r(w))ᵀ, H_g the group's block of the Hessian
+    (the layer-wise output error of rounding the group alone)."""
+    if not clip:
+        return calibrate(weight.float(), scheme)
+    w = weight.double()
+    lo, hi = w.amin(1), w.amax(1)
+    best = torch.full(lo.shape, float("inf"), dtype=torch.float64)
+    best_lo, best_hi = lo.clone(), hi.clone()
+    for i in range(int(CLIP_GRID * CLIP_MAX_SHRINK) + 1):
+        r = 1 - i / CLIP_GRID
+        qp = qparams_for(w, lo * r, hi * r, scheme)
+        delta = w - dequantize_int(quantize_int(w, qp), qp, torch.float64)
+        err = ((delta @ hessian.double()) * delta).sum(1)
+        better = err < best
+        best = torch.where(better, err, best)
+        best_lo, best_hi = (
+            torch.where(better, lo * r, best_lo),
+            torch.where(better, hi * r, best_hi),
+        )
+    return qparams_for(w, best_lo, best_hi, scheme)
+
+
 def _inverse_hessian_factor(hessian: Tensor, damp: float) -> Tensor:
     """Upper Cholesky factor U of (H + λI)⁻¹, λ = damp·mean(diag H), raising λ tenfold (up to
     four times) where H is too ill-conditioned to factor."""
@@ -111,6 +144,7 @@ def gptq_layer(
     block_size: int = 128,
     damp: float = 0.01,
     act_order: bool = True,
+    clip: bool = False,
 ) -> GPTQResult:
     """GPTQ for one weight (N, K) given the Hessian H (K, K) of its inputs (module docstring)."""
     n, k = weight.shape
@@ -128,7 +162,8 @@ def gptq_layer(
     h[dead, dead] = 1.0
     w0[:, dead] = 0.0
     # round to nearest, for comparison (and the static groups' parameters)
-    static = [calibrate(w0[:, g : g + group].float(), rows) for g in range(0, k, group)]
+    static = [group_qparams(w0[:, g : g + group], h[g : g + group, g : g + group], rows, clip)
+              for g in range(0, k, group)]  # fmt: skip
     rtn = torch.cat([dequantize_int(quantize_int(w0[:, g : g + group], qp), qp).double()
                      for g, qp in zip(range(0, k, group), static)], dim=1)  # fmt: skip
     order = torch.argsort(torch.diagonal(h), descending=True, stable=True) if act_order else None
@@ -148,7 +183,8 @@ def gptq_layer(
             g = j // group
             if g not in group_qp:  # lazily, from the updated weights of the group
                 cols = torch.cat([wb[:, i:], w[:, b1:]], dim=1)[:, :group]
-                group_qp[g] = calibrate(cols.float(), rows)
+                block = h[j : j + group, j : j + group]
+                group_qp[g] = group_qparams(cols, block, rows, clip)
             qp = group_qp[g]
             q = quantize_int(wb[:, i : i + 1], qp)
             codes[:, b0 + i] = q[:, 0]
@@ -206,6 +242,7 @@ def gptq_quantize(
     block_size: int = 128,
     damp: float = 0.01,
     act_order: bool = True,
+    clip: bool = False,
     awq_scales: bool = False,
     inplace: bool = False,
 ) -> nn.Module:
@@ -215,6 +252,7 @@ def gptq_quantize(
     codes. Returns the model with `WeightOnlyLinear` layers (a copy unless ``inplace``); it saves
     and loads with `zp.save` / `zp.load` like `zp.quantize_dynamic`'s weight-only models.
 
+    ``clip=True``: the groups' ranges by the Hessian-weighted clipping search (`group_qparams`).
     ``awq_scales=True`` first searches AWQ's per-input-channel scales s for the layer
     (`zeropoint.ptq.awq`, without its clipping search), then runs GPTQ on W·diag(s) with the
     Hessian of the scaled inputs, diag(1/s)·H·diag(1/s); the layer keeps s as its input scale."""
@@ -235,11 +273,11 @@ def gptq_quantize(
             weight = weight * scale
             inv = 1.0 / scale.double()
             hessian = hessian * inv.unsqueeze(0) * inv.unsqueeze(1)
-        result = gptq_layer(weight, hessian, schemes[name], block_size, damp, act_order)
+        result = gptq_layer(weight, hessian, schemes[name], block_size, damp, act_order, clip)
         return WeightOnlyLinear.from_codes(layer, result.codes, result.qparams, input_scale=scale)
 
     quantize_sequentially(model, list(schemes), calib_data, quantize)
     return finish_weight_only(model, config, targets)
 
 
-__all__ = ["GPTQResult", "gptq_layer", "gptq_quantize"]
+__all__ = ["GPTQResult", "gptq_layer", "gptq_quantize", "group_qparams"]
