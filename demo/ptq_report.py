@@ -155,6 +155,8 @@ def default_recipes(
                with_bias_correction(static(config(8, 8, observer="mse")))),
         Recipe("min-max", "W8 per-tensor", "A8", static(pt8)),
         Recipe("min-max + BC", "W8 per-tensor", "A8", with_bias_correction(static(pt8))),
+        Recipe("MSE activations + BC", "W8 per-tensor", "A8",
+               with_bias_correction(static(config(8, 8, False, observer="mse")))),
         Recipe("CLE + absorption", "W8 per-tensor", "A8", equalized(static(pt8))),
         Recipe("CLE + absorption + BC", "W8 per-tensor", "A8",
                _equalized_then_corrected(static(pt8))),

@@ -285,3 +285,71 @@ def test_per_tensor_quantization_recovers_after_equalization() -> None:
     balanced, spoiled, equalized = sqnr(model), sqnr(spread), sqnr(eq)
     assert spoiled < balanced - 10.0
     assert equalized > spoiled + 10.0 and equalized > balanced - 3.0
+
+
+def _relu6_as_channel_clips(model: nn.Module) -> nn.Module:
+    """Every ReLU6 of ``model`` (a copy) as a `ChannelClip` at 6 on every channel: equalization
+    with all scales 1 — the same float function."""
+    clipped = copy.deepcopy(model)
+    for name, m in list(clipped.named_modules()):
+        if isinstance(m, nn.ReLU6):
+            parent = clipped.get_submodule(name.rsplit(".", 1)[0])
+            channels = next(c for c in parent if isinstance(c, nn.BatchNorm2d)).num_features
+            clipped.set_submodule(name, ChannelClip(torch.full((channels,), 6.0)))
+    return clipped
+
+
+def test_the_per_channel_clip_quantizes_as_relu6_does(mobile: nn.Module) -> None:
+    """Per-tensor W8A8: with every ReLU6 replaced by ChannelClip(6) (scales 1), the quantized
+    model is the ReLU6 model's, output for output — the layer before the clip requantizes onto
+    the grid after it (no quantizer in between: the same quantizers, the same (S, Z))."""
+    x = torch.randn(32, 3, 12, 12, generator=torch.Generator().manual_seed(3))
+    config = zp.QuantConfig(
+        weight=zp.Scheme(bits=8, symmetric=True, narrow=True),
+        activation=zp.Scheme(bits=8, signed=False),
+    )
+    q_relu6 = zp.quantize_static(mobile, [x], config, progress=False)
+    q_clip = zp.quantize_static(_relu6_as_channel_clips(mobile), [x], config, progress=False)
+
+    def grids(m: nn.Module) -> list[tuple[float, int]]:
+        return [(float(q.scale), int(q.zero_point)) for n, q in m.named_modules()
+                if n.startswith("act_quant.")]  # fmt: skip
+
+    assert grids(q_clip) == grids(q_relu6) and len(grids(q_clip)) > 5
+    with torch.no_grad():
+        assert torch.equal(q_clip(x), q_relu6(x))
+
+
+def test_an_equalized_model_deploys_with_the_clip_fused(mobile: nn.Module, tmp_path) -> None:
+    """Equalized through ReLU6 (per-channel clips at 6/sᵢ, sᵢ spread), W8A8: every layer
+    followed by a clip writes onto the clip's output grid with the envelope clamp; the
+    per-channel clamps are the only float operations; the simulation, the integer program and
+    ONNX Runtime agree code for code (the deployment check of the zoo). Per-channel,
+    pair-bounded weights: ONNX Runtime's u8s8 kernels without VNNI saturate on this model's stem
+    otherwise, with or without equalization (docs/quantization.md, "8-bit weights that x86
+    kernels without VNNI compute exactly")."""
+    from tests.deployment import deploy
+
+    eq = equalize(mobile)
+    scales = torch.cat([s.float() for s in equalization_report(eq).scales.values()])
+    assert float(scales.max() / scales.min()) > 4  # the clips' bounds differ per channel
+    gen = torch.Generator().manual_seed(3)
+    calib, test = (
+        torch.randn(32, 3, 12, 12, generator=gen),
+        torch.randn(16, 3, 12, 12, generator=gen),
+    )
+    config = zp.QuantConfig(
+        weight=zp.Scheme(bits=8, symmetric=True, narrow=True, axis=0),
+        activation=zp.Scheme(bits=8, signed=False),
+        pair_bounded_weights=True,
+    )
+    clips = [n for n, m in eq.named_modules() if isinstance(m, ChannelClip)]
+    d = deploy(eq, [calib], test, tmp_path, config, float_ok=tuple(clips))
+    assert sorted(d.program.fallbacks) == sorted(clips) and len(clips) == 4
+    layers = {s.op.where: s.op for s in d.program.steps if s.op.kind == "conv2d"}
+    for name in clips:  # "blocks.0.conv.0.2" clips the output of "blocks.0.conv.0.0"
+        clip = eq.get_submodule(name)
+        op = layers[name.rsplit(".", 1)[0] + ".0"]
+        assert op.clip == (0.0, float(clip.upper.max()))  # the envelope: max 6/sᵢ
+        assert op.out_qparams is not None and op.out_qparams is d.program.graph.edges[op.output]
+    assert d.report.outputs["sim_engine"].share == 1.0

@@ -310,6 +310,9 @@ class _Builder:
             self.alias[node] = self.float_op(node, module).output
             return
         quantized = [self.edges[i] is not None for i in ins]
+        if spec.kind == "channel_clip":
+            self.visit_channel_clip(node, module, ins[0])
+            return
         if spec.role == "clip":
             producer = self.producer.get(ins[0])
             if _fusable(producer, ins[0], self):
@@ -334,6 +337,32 @@ class _Builder:
         op = QOp(spec.kind, ins, node.name, out_qp, attrs=attrs, where=ctx.where,
                  shape=ctx.shape, node=node, module=module)  # fmt: skip
         self.alias[node] = self.add(op).output
+
+    def visit_channel_clip(self, node: fx.Node, module: nn.Module | None, edge: str) -> None:
+        """A per-channel clip [lᵢ, uᵢ] (`ChannelClip`). After a layer that fuses clips, followed
+        by a quantizer G: the layer requantizes onto G with the envelope [min lᵢ, max uᵢ] as
+        its clamp, and the per-channel clamp runs on those values, re-quantized by G — exact,
+        since Q_G is monotone: Q_G(clamp(y, lᵢ, uᵢ)) = clamp(Q_G(y), Q_G(lᵢ), Q_G(uᵢ)). Else it
+        runs in float."""
+        producer = self.producer.get(edge)
+        users = list(node.users)
+        quantizer = (
+            self.root.get_submodule(str(users[0].target))
+            if len(users) == 1 and users[0].op == "call_module"
+            else None
+        )
+        if (
+            _fusable(producer, edge, self)
+            and isinstance(quantizer, FakeQuant)
+            and quantizer.frozen
+            and quantizer.mode == "quantize"
+        ):
+            assert producer is not None
+            qp = quantizer.qparams()
+            producer.clip = _clip_bounds(node, module, self.values)
+            producer.out_qparams = qp
+            self.edges[edge] = qp  # the simulation's layer node itself holds these codes
+        self.alias[node] = self.float_op(node, module).output
 
     def prune_python(self) -> None:
         """Keep only the Python-value ops a float fallback reads (directly or through others)."""

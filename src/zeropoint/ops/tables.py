@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from zeropoint.nn.channel_clip import ChannelClip
 from zeropoint.ops.common import byte_index, clip_codes, engine_dtype, gather, levels, table_codes
 from zeropoint.ops.spec import Kernel, OpSpec
 
@@ -77,8 +78,11 @@ def _static_clip(node: fx.Node, module: nn.Module | None) -> bool:
 def clip_bounds(
     node: fx.Node, module: nn.Module | None, values: dict[fx.Node, Any]
 ) -> tuple[float, float]:
-    """(lo, hi) of a ReLU / ReLU6 / hardtanh / clamp node in real units (±∞ where open)."""
+    """(lo, hi) of a ReLU / ReLU6 / hardtanh / clamp node in real units (±∞ where open); of a
+    `ChannelClip`, the envelope [min lᵢ, max uᵢ] of its per-channel bounds."""
     inf = math.inf
+    if isinstance(module, ChannelClip):  # the envelope of its per-channel bounds
+        return float(module.lower.min()), float(module.upper.max())
     if isinstance(module, nn.ReLU6):
         return 0.0, 6.0
     if isinstance(module, nn.Hardtanh):
@@ -420,6 +424,10 @@ SPECS = [
            doc="concatenation, each input mapped onto the output grid by a table"),
     OpSpec("clip", "clip", modules=CLIP_MODULES, functions=CLIP_FUNCTIONS, methods=CLIP_METHODS,
            when=_static_clip, doc="ReLU / ReLU6 / hardtanh / clamp: fused, else a table"),
+    OpSpec("channel_clip", "clip", modules=(ChannelClip,),
+           doc="equalization's per-channel clip [0, uᵢ]: the layer before it requantizes onto "
+               "the grid after it (envelope clamp), the per-channel clamp runs on those codes; "
+               "else float"),
 ]  # fmt: skip
 
 #: what a clip that cannot be fused becomes (its own table)

@@ -17,6 +17,8 @@ from typing import Any
 
 from torch import Tensor, fx, nn
 
+from zeropoint.nn.channel_clip import ChannelClip
+
 
 @dataclass(frozen=True)
 class Capture:
@@ -69,6 +71,10 @@ class _Tracer(fx.Tracer):
         super().__init__()
         self.path: list[str] = []
         self.failed_in: str | None = None  # the innermost module when tracing failed
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        # equalization's per-channel clip stays one node, a clip the layer before it fuses
+        return isinstance(m, ChannelClip) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         self.path.append(self.path_of_module(m))
