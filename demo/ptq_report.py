@@ -233,8 +233,8 @@ def _distilled(m: nn.Module, x: Tensor, options: dict[str, Any]) -> Tensor:
     key = (id(m), *x.shape)
     if key in _DISTILLED:
         return _DISTILLED[key]
-    settings = {"shape": list(x.shape), **{k: list(v) if isinstance(v, tuple) else v
-                                           for k, v in sorted(options.items())}}  # fmt: skip
+    # as JSON reads it back (tuples become lists), so that a cached file's settings compare
+    settings = json.loads(json.dumps({"shape": list(x.shape), **dict(sorted(options.items()))}))
     path = DISTILLED_CACHE["path"]
     meta_path = f"{path}.json"
     if path and os.path.exists(path) and os.path.exists(meta_path):
@@ -386,6 +386,20 @@ def metrics(logits_q: Tensor, logits_fp: Tensor) -> dict[str, float]:
     return agreement_report(logits_q, logits_fp)
 
 
+def _pixel_range() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The range of MobileNetV2's normalised input channels for pixels in [0, 1]: lo_c =
+    −mean_c/std_c, hi_c = (1 − mean_c)/std_c (the input format, not data)."""
+    from demo.zoo.mobilenet_v2 import IMAGENET_MEAN, IMAGENET_STD
+
+    pairs = list(zip(IMAGENET_MEAN, IMAGENET_STD, strict=True))
+    return tuple(-m / s for m, s in pairs), tuple((1 - m) / s for m, s in pairs)
+
+
+#: ZeroQ's distillation settings for MobileNetV2: inputs pulled towards N(0, 1) per channel and
+#: projected onto the normalised pixel range at every step
+MOBILENET_DISTILL: dict[str, Any] = {"input_stats": (0.0, 1.0), "input_range": _pixel_range()}
+
+
 def mobilenet_v2_table(
     recipes: Sequence[Recipe] | None = None,
     n_eval: int = 256,
@@ -395,7 +409,7 @@ def mobilenet_v2_table(
     """Issue 9's table: MobileNetV2 (ImageNet weights) on scikit-image views."""
     model, cal, ev, reference = mobilenet_protocol(n_eval, n_calib)
     if recipes is None:
-        recipes = default_recipes(zeroq_options={"input_stats": (0.0, 1.0)})
+        recipes = default_recipes(zeroq_options=dict(MOBILENET_DISTILL))
     return ptq_table(model, cal, ev, lambda out: metrics(out, reference), recipes, **table_options)
 
 
@@ -456,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     DISTILLED_CACHE["path"] = args.distilled_cache or None
     ada = {"iterations": args.adaround_iterations, "batch_rows": args.adaround_batch_rows}
     if args.model == "mobilenet_v2":
-        zq = {"input_stats": (0.0, 1.0), "iterations": args.zeroq_iterations,
+        zq = {**MOBILENET_DISTILL, "iterations": args.zeroq_iterations,
               "finetune_epochs": args.zeroq_finetune_epochs}  # fmt: skip
         recipes = default_recipes(adaround_options=ada, zeroq_options=zq)
     else:

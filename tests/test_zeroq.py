@@ -49,6 +49,40 @@ def test_distilled_data_matches_the_running_statistics() -> None:
     assert torch.equal(x, again)  # deterministic for a given generator
 
 
+def test_distilled_data_stays_in_the_input_range() -> None:
+    """Projected distillation: a batch norm that saw N(2, 0.5²) per channel, but real inputs of
+    channel c lie in [lo_c, hi_c] = [0, 2] for c < 3 and [1, 4] for c ≥ 3. Every distilled value
+    lies in its channel's range, and the statistics are matched as far as the box allows: the
+    channels whose box contains N(2, 0.5²)'s bulk ([1, 4]) still reach mean 2 and spread 0.5;
+    the others are pushed against their upper bound (an unprojected run overshoots it)."""
+    model = nn.Sequential(nn.BatchNorm1d(6)).eval()
+    model[0].running_mean.fill_(2.0)
+    model[0].running_var.fill_(0.25)
+    lo, hi = [0.0] * 3 + [1.0] * 3, [2.0] * 3 + [4.0] * 3
+    x = distill_data(model, (6,), 128, batch_size=128, iterations=300, lr=0.1, progress=False,
+                     input_range=(lo, hi))  # fmt: skip
+    assert bool((x >= torch.tensor(lo)).all() and (x <= torch.tensor(hi)).all())
+    assert float(x[:, :3].max()) == 2.0  # pressed against the bound, not beyond it
+    assert torch.allclose(x[:, 3:].mean(0), torch.full((3,), 2.0), atol=0.05)
+    assert torch.allclose(x[:, 3:].std(0, unbiased=False), torch.full((3,), 0.5), atol=0.05)
+    free = distill_data(model, (6,), 128, batch_size=128, iterations=300, lr=0.1, progress=False)
+    assert float(free[:, :3].max()) > 2.5
+    scalar = distill_data(model, (6,), 8, iterations=5, progress=False, input_range=(0.0, 1.5))
+    assert float(scalar.min()) >= 0.0 and float(scalar.max()) <= 1.5
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [((0.0,), "must be \\(lo, hi\\)"), (([0.0, 1.0], 1.0), "2 values: expected 1 or one per"),
+     ((1.0, 1.0), "finite lo < hi"), ((0.0, float("inf")), "finite lo < hi")],
+    ids=["one bound", "wrong channel count", "empty", "infinite"],
+)  # fmt: skip
+def test_a_bad_input_range_is_named(bad: tuple, match: str) -> None:
+    model = nn.Sequential(nn.BatchNorm1d(6)).eval()
+    with pytest.raises(ValueError, match=match):
+        distill_data(model, (6,), 4, iterations=1, progress=False, input_range=bad)
+
+
 class _Recorder:
     """Every input the model's first layer ever sees (the hook travels with deep copies)."""
 

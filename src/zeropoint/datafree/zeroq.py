@@ -26,6 +26,7 @@ their running statistics; then `zp.convert`.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,13 +83,20 @@ def distill_data(
     lr: float = 0.5,
     statistics: str = "batch",
     input_stats: tuple[float, float] | None = None,
+    input_range: tuple[Sequence[float] | float, Sequence[float] | float] | None = None,
     generator: torch.Generator | None = None,
     progress: bool = True,
 ) -> Tensor:
     """``num_samples`` distilled inputs of shape ``input_shape`` (per sample) for ``model``
     (a float model with batch norms, in eval mode). ``input_stats``: (mean, std) the input
     channels should have (ZeroQ uses (0, 1) for normalised images; None: no input term).
-    Returns a float32 tensor (num_samples, *input_shape); the model is not changed."""
+    ``input_range``: (lo, hi), numbers or one per input channel, the domain of a real input
+    (for images normalised by (p − mean_c)/std_c with pixels p in [0, 1]: lo_c = −mean_c/std_c,
+    hi_c = (1 − mean_c)/std_c): every optimisation step is followed by the projection
+    x ← min(max(x, lo), hi) (projected gradient descent), so no distilled value lies where no
+    real input can (unprojected, MobileNetV2's distilled images reached −23…19 against real
+    −2.1…2.6, and the input quantizer's range followed them). Knowledge of the input format,
+    not data. Returns a float32 tensor (num_samples, *input_shape); the model is not changed."""
     if statistics not in ("batch", "sample"):
         raise ValueError(f"statistics={statistics!r} is unknown: expected 'batch' or 'sample'")
     if num_samples < 1 or batch_size < 1 or iterations < 1:
@@ -100,6 +108,7 @@ def distill_data(
         raise ValueError(
             "put the model in eval mode: batch norms must use their running statistics"
         )
+    bounds = _input_bounds(input_range, input_shape)
     bns = _batchnorms(model)
     seen: dict[int, Tensor] = {}
     handles = [
@@ -124,7 +133,10 @@ def distill_data(
     try:
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
-            x = torch.randn((n, *input_shape), generator=g).requires_grad_(True)
+            x = torch.randn((n, *input_shape), generator=g)
+            if bounds is not None:
+                x = torch.maximum(torch.minimum(x, bounds[1]), bounds[0])
+            x.requires_grad_(True)
             opt = torch.optim.Adam([x], lr=lr)
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, min_lr=1e-4, patience=100)
             for _ in range(iterations):
@@ -142,6 +154,9 @@ def distill_data(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if bounds is not None:
+                    with torch.no_grad():
+                        x.copy_(torch.maximum(torch.minimum(x, bounds[1]), bounds[0]))
                 value = loss.detach().item()
                 sched.step(value)
                 if bar is not None:
@@ -184,6 +199,28 @@ def statistics_loss(
         for h in handles:
             h.remove()
     return total / max(count, 1)
+
+
+def _input_bounds(
+    input_range: tuple[Sequence[float] | float, Sequence[float] | float] | None,
+    input_shape: tuple[int, ...],
+) -> tuple[Tensor, Tensor] | None:
+    """(lo, hi) shaped to broadcast over (n, C, …) inputs; ValueError for a bad range."""
+    if input_range is None:
+        return None
+    if len(input_range) != 2:
+        raise ValueError(f"input_range must be (lo, hi), got {input_range!r}")
+    trailing = [1] * (len(input_shape) - 1)
+    lo, hi = (torch.as_tensor(b, dtype=torch.float32).reshape(-1) for b in input_range)
+    for name, b in (("lo", lo), ("hi", hi)):
+        if b.numel() not in (1, input_shape[0]):
+            raise ValueError(
+                f"input_range {name} has {b.numel()} values: expected 1 or one per input channel "
+                f"({input_shape[0]})"
+            )
+    if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all() and (lo < hi).all()):
+        raise ValueError(f"input_range needs finite lo < hi, got {input_range!r}")
+    return lo.reshape(1, -1, *trailing), hi.reshape(1, -1, *trailing)
 
 
 def _stat_loss(y: Tensor, mu: Tensor, sigma: Tensor, statistics: str) -> Tensor:
