@@ -266,7 +266,7 @@ def _zeroq1(cfg: zp.QuantConfig, options: dict[str, Any]) -> Build:
 
 def _zeroq2(cfg: zp.QuantConfig, options: dict[str, Any], start: Build | None = None) -> Build:
     """ZeroQ level 2 (``finetune_epochs`` of knowledge distillation, default 50: 10 were too
-    few for MobileNetV2 at W4A8 — 16.0 % top-1 agreement in the 2026-11-29 table, 30.9–34.0 % at 50
+    few for MobileNetV2 at W4A8 — 16.0 % top-1 agreement in the 2026-11-29 table, 29.3–34.0 % at 50
     in docs/ptq.md §7); ``start``:
     the build whose model the fine-tuning starts from (default: the float weights)."""
     epochs = int(options.get("finetune_epochs", 50))
