@@ -353,3 +353,40 @@ def test_an_equalized_model_deploys_with_the_clip_fused(mobile: nn.Module, tmp_p
         assert op.clip == (0.0, float(clip.upper.max()))  # the envelope: max 6/sᵢ
         assert op.out_qparams is not None and op.out_qparams is d.program.graph.edges[op.output]
     assert d.report.outputs["sim_engine"].share == 1.0
+    import onnx
+
+    kinds = [n.op_type for n in onnx.load(str(d.onnx_path)).graph.node]
+    assert kinds.count("Max") == kinds.count("Min") == len(clips)  # the per-channel clamps
+
+
+def test_an_equalized_mlp_deploys_with_channel_last_clips(tmp_path) -> None:
+    """The same on another architecture: Linear → BatchNorm1d → ReLU6 twice, then a classifier
+    (the clips act on the last axis, ``trailing=0``): both ReLU6 become clips fused into their
+    Linear (envelope bounds), and the three executions agree code for code."""
+    from tests.deployment import deploy
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(
+        nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU6(),
+        nn.Linear(32, 32), nn.BatchNorm1d(32), nn.ReLU6(), nn.Linear(32, 5),
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    _randomise_bn(mlp, gen)
+    mlp[0].weight.data *= torch.rand(32, 1, generator=gen) * 8 + 0.05
+    eq = equalize(mlp.eval())
+    clips = [n for n, m in eq.named_modules() if isinstance(m, ChannelClip)]
+    assert clips == ["2", "5"]
+    config = zp.QuantConfig(
+        weight=zp.Scheme(bits=8, symmetric=True, narrow=True, axis=0),
+        activation=zp.Scheme(bits=8, signed=False),
+        pair_bounded_weights=True,
+    )
+    calib, test = torch.randn(64, 16, generator=gen), torch.randn(16, 16, generator=gen)
+    d = deploy(eq, [calib], test, tmp_path, config, float_ok=tuple(clips))
+    assert sorted(d.program.fallbacks) == clips
+    layers = {s.op.where: s.op for s in d.program.steps if s.op.kind == "linear"}
+    for clip_name, layer_name in (("2", "0"), ("5", "3")):
+        upper = eq.get_submodule(clip_name).upper
+        assert float(upper.max()) > float(upper.min())  # bounds differ per channel
+        assert layers[layer_name].clip == (0.0, float(upper.max()))
+    assert d.report.outputs["sim_engine"].share == 1.0

@@ -135,7 +135,7 @@ def distill_data(
             n = min(batch_size, num_samples - start)
             x = torch.randn((n, *input_shape), generator=g)
             if bounds is not None:
-                x = torch.maximum(torch.minimum(x, bounds[1]), bounds[0])
+                x.clamp_(*bounds)
             x.requires_grad_(True)
             opt = torch.optim.Adam([x], lr=lr)
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, min_lr=1e-4, patience=100)
@@ -156,7 +156,7 @@ def distill_data(
                 opt.step()
                 if bounds is not None:
                     with torch.no_grad():
-                        x.copy_(torch.maximum(torch.minimum(x, bounds[1]), bounds[0]))
+                        x.clamp_(*bounds)  # the projection
                 value = loss.detach().item()
                 sched.step(value)
                 if bar is not None:

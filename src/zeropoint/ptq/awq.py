@@ -34,6 +34,7 @@ from zeropoint.nn.weight_only import WeightOnlyLinear
 from zeropoint.observers.registry import calibrate
 from zeropoint.ptq.capture import CalibData, LayerInputs, quantize_sequentially
 from zeropoint.ptq.gptq import check_weight_scheme, finish_weight_only, weight_only_targets
+from zeropoint.ptq.shrink import shrink_search
 from zeropoint.qparams import QParams, Scheme, qparams_for, to_slices
 from zeropoint.workflows.config import QuantConfig, int4_weight_only
 
@@ -77,21 +78,14 @@ def clip_search(
     n_groups = k // group
     rows = to_slices(weight, scheme).reshape(weight.shape[0], n_groups, group)  # (N, G, g)
     xg = x.reshape(x.shape[0], n_groups, group)  # (M, G, g)
-    lo, hi = rows.amin(-1), rows.amax(-1)
-    best = torch.full(lo.shape, float("inf"))
-    best_lo, best_hi = lo.clone(), hi.clone()
-    for i in range(int(grid * max_shrink) + 1):
-        r = 1 - i / grid
-        qp = qparams_for(weight, (lo * r).reshape(-1), (hi * r).reshape(-1), scheme)
+
+    def error(lo: Tensor, hi: Tensor) -> Tensor:
+        qp = qparams_for(weight, lo.reshape(-1), hi.reshape(-1), scheme)
         delta = (weight - fake_quantize(weight, qp)).reshape_as(rows)
-        err = torch.einsum("mgj,ngj->mng", xg, delta).pow(2).mean(0)  # (N, G)
-        better = err < best
-        best = torch.where(better, err, best)
-        best_lo, best_hi = (
-            torch.where(better, lo * r, best_lo),
-            torch.where(better, hi * r, best_hi),
-        )
-    return qparams_for(weight, best_lo.reshape(-1), best_hi.reshape(-1), scheme)
+        return torch.einsum("mgj,ngj->mng", xg, delta).pow(2).mean(0)  # (N, G)
+
+    lo, hi = shrink_search(rows.amin(-1), rows.amax(-1), error, grid, max_shrink)
+    return qparams_for(weight, lo.reshape(-1), hi.reshape(-1), scheme)
 
 
 def awq_layer(

@@ -17,8 +17,9 @@ repeatedly until no scale moves by more than ``tol`` (relative).
 ReLU6 is not positively homogeneous (it clips at 6): after scaling, channel i must clip at
 6/sᵢ. ``relu6="clip"`` replaces the ReLU6 module by a `ChannelClip` with those bounds — the
 float function is unchanged; quantized, the layer before it requantizes onto the grid after
-it and the per-channel clamp runs on those codes (exact; `zeropoint.nn.channel_clip`). ``relu6="relu"`` replaces it by ReLU, as DFQ and AIMET do (the float
-model changes), ``relu6="skip"`` leaves such pairs alone. Each choice is reported.
+it and the per-channel clamp runs on those codes (exact; `zeropoint.nn.channel_clip`).
+``relu6="relu"`` replaces it by ReLU, as DFQ and AIMET do (the float model changes),
+``relu6="skip"`` leaves such pairs alone. Each choice is reported.
 
 Batch norms first: the ranges are those of the folded weights W·γ/√(σ² + ε) — what will be
 quantized. The model keeps its batch norms, though: layer₁'s scaling is written into its batch

@@ -42,6 +42,7 @@ from zeropoint.functional import dequantize_int, quantize_int
 from zeropoint.nn.weight_only import WeightOnlyEmbedding, WeightOnlyLinear
 from zeropoint.observers.registry import calibrate
 from zeropoint.ptq.capture import CalibData, LayerInputs, quantize_sequentially
+from zeropoint.ptq.shrink import shrink_search
 from zeropoint.qparams import QParams, Scheme, qparams_for
 from zeropoint.workflows.config import QuantConfig, int4_weight_only
 from zeropoint.workflows.dynamic import selected_layers
@@ -92,33 +93,22 @@ def _quadratic_error(delta: Tensor, hessian: Tensor) -> float:
     return float(((delta @ hessian) * delta).sum() / 2)
 
 
-#: the clipping search's ratios r = 1 − i/CLIP_GRID for i ≤ CLIP_MAX_SHRINK·CLIP_GRID (AWQ's grid)
-CLIP_GRID, CLIP_MAX_SHRINK = 20, 0.5
-
-
 def group_qparams(weight: Tensor, hessian: Tensor, scheme: Scheme, clip: bool = False) -> QParams:
     """(S, Z) per row of one group of columns w (N, g) under the row scheme: min-max, or with
     ``clip`` the row's range [min w, max w] shrunk by the r ∈ {1, 0.95, …, 0.5} with the least
     round-to-nearest error (w − Q_r(w))·H_g·(w − Q_r(w))ᵀ, H_g the group's block of the Hessian
-    (the layer-wise output error of rounding the group alone)."""
+    (the layer-wise output error of rounding the group alone; `zeropoint.ptq.shrink`)."""
     if not clip:
         return calibrate(weight.float(), scheme)
-    w = weight.double()
-    lo, hi = w.amin(1), w.amax(1)
-    best = torch.full(lo.shape, float("inf"), dtype=torch.float64)
-    best_lo, best_hi = lo.clone(), hi.clone()
-    for i in range(int(CLIP_GRID * CLIP_MAX_SHRINK) + 1):
-        r = 1 - i / CLIP_GRID
-        qp = qparams_for(w, lo * r, hi * r, scheme)
+    w, h = weight.double(), hessian.double()
+
+    def error(lo: Tensor, hi: Tensor) -> Tensor:
+        qp = qparams_for(w, lo, hi, scheme)
         delta = w - dequantize_int(quantize_int(w, qp), qp, torch.float64)
-        err = ((delta @ hessian.double()) * delta).sum(1)
-        better = err < best
-        best = torch.where(better, err, best)
-        best_lo, best_hi = (
-            torch.where(better, lo * r, best_lo),
-            torch.where(better, hi * r, best_hi),
-        )
-    return qparams_for(w, best_lo, best_hi, scheme)
+        return ((delta @ h) * delta).sum(1)
+
+    lo, hi = shrink_search(w.amin(1), w.amax(1), error)
+    return qparams_for(w, lo, hi, scheme)
 
 
 def _inverse_hessian_factor(hessian: Tensor, damp: float) -> Tensor:
