@@ -14,6 +14,7 @@ import zeropoint as zp
 from demo.zoo.digits import DigitsCNN, DigitsData, accuracy
 from zeropoint.datafree.zeroq import (
     distill_data,
+    roughness,
     statistics_loss,
     zeroq_finetune,
     zeroq_quantize,
@@ -81,6 +82,36 @@ def test_a_bad_input_range_is_named(bad: tuple, match: str) -> None:
     model = nn.Sequential(nn.BatchNorm1d(6)).eval()
     with pytest.raises(ValueError, match=match):
         distill_data(model, (6,), 4, iterations=1, progress=False, input_range=bad)
+
+
+def testroughness_is_the_mean_squared_neighbour_difference() -> None:
+    """A ramp x[i, j] = a·i + b·j has roughness a² + b²; constant images and vectors have none."""
+    i, j = torch.meshgrid(torch.arange(7.0), torch.arange(5.0), indexing="ij")
+    ramp = (0.3 * i - 1.5 * j).expand(2, 3, 7, 5)
+    assert float(roughness(ramp)) == pytest.approx(0.3**2 + 1.5**2, rel=1e-6)
+    assert float(roughness(torch.full((2, 3, 4, 4), 7.0))) == 0.0
+    assert float(roughness(torch.randn(4, 6))) == 0.0
+
+
+def test_smoothness_makes_distilled_images_smooth_and_keeps_the_statistics() -> None:
+    """A batch norm that saw N(1, 2²) per pixel of 1×8×8 images: distilled without the prior the
+    images are as rough as noise (neighbour differences of variance 2·σ² = 8 per axis); with it
+    they are nearly flat — every image close to a constant — and the batch still has mean 1 and
+    spread 2 (the statistics the batch norm sees allow both)."""
+    model = nn.Sequential(nn.BatchNorm2d(1)).eval()
+    model[0].running_mean.fill_(1.0)
+    model[0].running_var.fill_(4.0)
+    options = dict(batch_size=64, iterations=400, lr=0.1, progress=False)
+    rough = distill_data(model, (1, 8, 8), 64, **options)
+    smooth = distill_data(model, (1, 8, 8), 64, smoothness=10.0, **options)
+    assert float(roughness(rough)) > 10.0
+    assert float(roughness(smooth)) < 0.05 * float(roughness(rough))
+    for x in (rough, smooth):
+        assert float(x.mean()) == pytest.approx(1.0, abs=0.05)
+        assert float(x.std(unbiased=False)) == pytest.approx(2.0, abs=0.05)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="smoothness"):
+            distill_data(model, (1, 8, 8), 4, iterations=1, progress=False, smoothness=bad)
 
 
 class _Recorder:

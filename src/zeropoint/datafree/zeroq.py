@@ -84,6 +84,7 @@ def distill_data(
     statistics: str = "batch",
     input_stats: tuple[float, float] | None = None,
     input_range: tuple[Sequence[float] | float, Sequence[float] | float] | None = None,
+    smoothness: float = 0.0,
     generator: torch.Generator | None = None,
     progress: bool = True,
 ) -> Tensor:
@@ -96,7 +97,12 @@ def distill_data(
     x ← min(max(x, lo), hi) (projected gradient descent), so no distilled value lies where no
     real input can (unprojected, MobileNetV2's distilled images reached −23…19 against real
     −2.1…2.6, and the input quantizer's range followed them). Knowledge of the input format,
-    not data. Returns a float32 tensor (num_samples, *input_shape); the model is not changed."""
+    not data. ``smoothness``: λ ≥ 0 of an image prior added to the loss (DeepInversion's
+    total-variation term, Yin et al. 2020), λ · Σ_axes mean((x_{…,k+1,…} − x_{…,k,…})²) over the
+    spatial axes: the statistics loss alone leaves the distilled images as rough as the noise
+    they start from (MobileNetV2: 3.96 per pixel against 0.13 for real photos; a network's
+    features pooled over such images are smaller than over real ones). Returns a float32 tensor
+    (num_samples, *input_shape); the model is not changed."""
     if statistics not in ("batch", "sample"):
         raise ValueError(f"statistics={statistics!r} is unknown: expected 'batch' or 'sample'")
     if num_samples < 1 or batch_size < 1 or iterations < 1:
@@ -104,6 +110,8 @@ def distill_data(
             f"num_samples={num_samples}, batch_size={batch_size} and iterations={iterations} "
             "must be positive"
         )
+    if not smoothness >= 0.0 or smoothness == float("inf"):
+        raise ValueError(f"smoothness={smoothness} must be a finite number ≥ 0")
     if model.training:
         raise ValueError(
             "put the model in eval mode: batch norms must use their running statistics"
@@ -151,6 +159,8 @@ def distill_data(
                     mu_in = torch.full((c,), float(input_stats[0]))
                     sd_in = torch.full((c,), float(input_stats[1]))
                     loss = loss + _stat_loss(x, mu_in, sd_in, statistics)
+                if smoothness:
+                    loss = loss + smoothness * roughness(x)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -221,6 +231,15 @@ def _input_bounds(
     if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all() and (lo < hi).all()):
         raise ValueError(f"input_range needs finite lo < hi, got {input_range!r}")
     return lo.reshape(1, -1, *trailing), hi.reshape(1, -1, *trailing)
+
+
+def roughness(x: Tensor) -> Tensor:
+    """Σ over the spatial axes d of x (n, C, …) of mean((x_{k+1} − x_k)²) along d (0 for x
+    with no spatial axis)."""
+    total = torch.zeros(())
+    for d in range(2, x.dim()):
+        total = total + torch.diff(x, dim=d).pow(2).mean()
+    return total
 
 
 def _stat_loss(y: Tensor, mu: Tensor, sigma: Tensor, statistics: str) -> Tensor:
