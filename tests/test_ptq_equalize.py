@@ -228,6 +228,37 @@ def test_fold_batchnorms_records_the_normal_model_of_each_channel(mobile: nn.Mod
         assert torch.allclose(folded(x), mobile(x), atol=1e-4)
 
 
+def test_a_model_with_folded_batchnorms_quantizes_as_the_original(mobile: nn.Module) -> None:
+    """fold_batchnorms leaves an Identity between each conv and its ReLU6; the capture passes
+    through it, so the conv and its activation still fuse: the same activation quantizers with
+    the same (S, Z) and the same outputs as quantizing the unfolded model (before the fix every
+    conv output had a quantizer of its own before its ReLU6 — 99 instead of 64 in MobileNetV2,
+    each clipped activation rounded twice). Also for QAT's prepared model."""
+    x = torch.randn(32, 3, 12, 12, generator=torch.Generator().manual_seed(3))
+    config = zp.QuantConfig(
+        weight=zp.Scheme(bits=8, symmetric=True, narrow=True),
+        activation=zp.Scheme(bits=8, signed=False),
+    )
+    folded = fold_batchnorms(mobile)
+    assert any(isinstance(m, nn.Identity) for m in folded.modules())
+    q_plain = zp.quantize_static(mobile, [x], config, progress=False)
+    q_folded = zp.quantize_static(folded, [x], config, progress=False)
+
+    def grids(m: nn.Module) -> dict[str, tuple[float, int]]:
+        return {n: (float(q.scale), int(q.zero_point)) for n, q in m.named_modules()
+                if n.startswith("act_quant.")}  # fmt: skip
+
+    assert grids(q_folded) == grids(q_plain) and len(grids(q_plain)) > 5
+    with torch.no_grad():
+        assert torch.allclose(q_folded(x), q_plain(x), atol=1e-6)
+
+    def quantizer_names(m: nn.Module) -> list[str]:
+        return [n for n, _ in m.named_modules() if n.startswith("act_quant.")]
+
+    qat_plain = zp.prepare_qat(mobile, config, example_inputs=x)
+    assert quantizer_names(zp.prepare_qat(folded, config)) == quantizer_names(qat_plain)
+
+
 def _relu_chain() -> nn.Sequential:
     def block(i: int, o: int, k: int, groups: int = 1) -> nn.Sequential:
         conv = nn.Conv2d(i, o, k, padding=k // 2, groups=groups, bias=False)

@@ -77,6 +77,10 @@ class _Tracer(fx.Tracer):
         return isinstance(m, ChannelClip) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        if type(m) is nn.Identity and len(args) == 1 and not kwargs:
+            # no node: a batch norm folded into its conv leaves an Identity between the conv and
+            # its activation, and a node there would split the pair (and quantize between them)
+            return args[0]
         self.path.append(self.path_of_module(m))
         try:
             return super().call_module(m, forward, args, kwargs)
