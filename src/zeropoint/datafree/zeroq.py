@@ -437,6 +437,7 @@ def zeroq_report(model: nn.Module) -> ZeroQReport:
 __all__ = [
     "ZeroQReport",
     "distill_data",
+    "roughness",
     "statistics_loss",
     "zeroq_finetune",
     "zeroq_quantize",
