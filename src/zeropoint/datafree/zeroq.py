@@ -25,6 +25,7 @@ their running statistics; then `zp.convert`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,7 +102,8 @@ def distill_data(
     total-variation term, Yin et al. 2020), λ · Σ_axes mean((x_{…,k+1,…} − x_{…,k,…})²) over the
     spatial axes: the statistics loss alone leaves the distilled images as rough as the noise
     they start from (MobileNetV2: 3.96 per pixel against 0.13 for real photos; a network's
-    features pooled over such images are smaller than over real ones). Returns a float32 tensor
+    features pooled over such images are smaller than over real ones; λ is the model's to
+    choose, docs/ptq.md §6). Returns a float32 tensor
     (num_samples, *input_shape); the model is not changed."""
     if statistics not in ("batch", "sample"):
         raise ValueError(f"statistics={statistics!r} is unknown: expected 'batch' or 'sample'")
@@ -110,7 +112,7 @@ def distill_data(
             f"num_samples={num_samples}, batch_size={batch_size} and iterations={iterations} "
             "must be positive"
         )
-    if not smoothness >= 0.0 or smoothness == float("inf"):
+    if not (math.isfinite(smoothness) and smoothness >= 0.0):
         raise ValueError(f"smoothness={smoothness} must be a finite number ≥ 0")
     if model.training:
         raise ValueError(
