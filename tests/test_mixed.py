@@ -280,3 +280,30 @@ def test_sensitivities_are_measured_on_the_candidate_models_given() -> None:
     with pytest.raises(ValueError, match=r"lacks the candidate models .*\(2, 8\)"):
         measure_sensitivities(model, data, weight_bits=(2, 8), progress=False,
                               variants={(8, 8): eight})  # fmt: skip
+
+
+def test_candidates_whose_weights_lie_on_their_grid_are_measured_against_the_float_model(
+    tmp_path,
+) -> None:
+    # AdaRound's models, pair-bounded weights and loaded checkpoints hold S·q, not float
+    # weights: the layers that are off in a one-at-a-time run must compute with the float
+    # model's weights, else every drop carries the other layers' weight error. Loaded
+    # checkpoints of the round-to-nearest candidates give the round-to-nearest drops.
+    from zeropoint.mixed.search import measure_sensitivities
+
+    model, data = Chain().eval(), _data()
+    default = measure_sensitivities(model, data, weight_bits=(2, 8), progress=False)
+    loaded = {}
+    for pair, variant in default.variants.items():
+        zp.save(variant, tmp_path / f"w{pair[0]}")
+        loaded[pair] = zp.load(tmp_path / f"w{pair[0]}", Chain().eval())
+        layer = loaded[pair].get_submodule("a")
+        assert torch.equal(layer.quantized_weight(), layer.float_weight)  # the premise
+    given = measure_sensitivities(model, data, weight_bits=(2, 8), progress=False,
+                                  variants=loaded)  # fmt: skip
+    assert given.notes == []
+    for pair in default.drops:
+        for name, drop in default.drops[pair].items():
+            assert given.drops[pair][name] == pytest.approx(drop, rel=1e-5, abs=1e-9), (pair, name)
+    # the candidates are left as they were given
+    assert torch.equal(loaded[(2, 8)].a.quantized_weight(), loaded[(2, 8)].a.float_weight)

@@ -4,6 +4,7 @@ own fake-quantization — and the Fisher estimate against the exact second-order
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -214,3 +215,76 @@ def test_bad_inputs() -> None:
         zp.analyze(model, model_q, [])
     with pytest.raises(TypeError, match=r"float nn\.Module"):
         zp.analyze("model", model_q, calib_batches())  # type: ignore[arg-type]
+
+
+# -------------------------------------------------- layers whose weights lie on their grid
+
+
+def test_a_loaded_checkpoint_analyses_as_the_model_that_was_saved(setup: tuple, tmp_path) -> None:
+    # a checkpoint stores the weights' codes: loaded, every layer holds S·q, on its grid. With
+    # the float model given, "off" is the float model again, so the analysis is the saved
+    # model's — which the brute-force test above checks unit by unit
+    from tests.cli_models import build_model as fresh
+
+    model, model_q, batches = setup
+    zp.save(model_q, tmp_path / "ckpt")
+    loaded = zp.load(tmp_path / "ckpt", fresh().eval())
+    for name in ("conv1", "conv2", "fc"):  # the premise: no float weights left in it
+        layer = loaded.get_submodule(name)
+        assert torch.equal(layer.quantized_weight(), layer.float_weight)
+    options = dict(metric="kl", consistency=False, progress=False)
+    saved = zp.analyze(model, model_q, batches, **options)
+    again = zp.analyze(model, loaded, batches, **options)
+    assert again.notes == []
+    assert again.quantized_drop == pytest.approx(saved.quantized_drop, rel=1e-6)
+    for a, b in zip(saved.layers, again.layers, strict=True):
+        assert b.name == a.name
+        assert b.only_quantized == pytest.approx(a.only_quantized, rel=1e-4, abs=1e-12), a.name
+        assert b.recovery == pytest.approx(a.recovery, rel=1e-4, abs=1e-12), a.name
+        if a.stats.weight_sqnr_db is not None:
+            assert b.stats.weight_sqnr_db == pytest.approx(a.stats.weight_sqnr_db, rel=1e-6)
+    # the model is left as it was loaded
+    assert torch.equal(loaded.conv2.quantized_weight(), loaded.conv2.float_weight)
+    # without the float model nothing can separate the weights' error: said, not hidden
+    blind = zp.analyze(None, loaded, batches, **options)
+    assert any("conv1, conv2, fc" in n and "on their grid" in n for n in blind.notes)
+    assert math.isinf(blind.layers[1].stats.weight_sqnr_db)
+
+
+def test_pair_bounded_weights_are_analysed_against_the_float_weights(setup: tuple) -> None:
+    # pair-bounded 8-bit weights are snapped onto their grid at convert (x86 without VNNI):
+    # the weight SQNR and the sensitivities compare them with the float model's weights
+    from zeropoint.fold import fold_bn
+
+    model, _, batches = setup
+    cfg = zp.int8_static(reduce_range=False).with_(pair_bounded_weights=True)
+    model_q = zp.quantize_static(model, batches, cfg, progress=False)
+    result = zp.analyze(model, model_q, batches, metric="kl", consistency=False, progress=False)
+    assert result.notes == []
+    rows = {la.name: la for la in result.layers}
+    folded = fold_bn(copy.deepcopy(model.conv1), model.bn1).weight.detach()
+    for name, float_w in (("conv1", folded), ("conv2", model.conv2.weight.detach())):
+        grid = model_q.get_submodule(name).float_weight.detach()
+        expected = 10 * math.log10(float((float_w.double() ** 2).sum()
+                                         / ((grid - float_w).double() ** 2).sum()))  # fmt: skip
+        assert rows[name].stats.weight_sqnr_db == pytest.approx(expected, rel=1e-6), name
+    # brute force: every layer but u given its float weight by hand, quantizers switched by hand
+    units = find_units(model_q)
+    ref = torch.cat([model(x).detach() for x in batches])
+    floats = {"conv1": folded, "conv2": model.conv2.weight.detach(), "fc": model.fc.weight.detach()}
+
+    def kl_with(on: set[str]) -> float:
+        hand = copy.deepcopy(model_q)
+        for u in find_units(hand):
+            for q in u.quantizers:
+                q.mode = "quantize" if u.name in on else "off"
+            if u.layer is not None and u.name not in on:
+                with torch.no_grad():
+                    u.layer.float_weight.copy_(floats[u.name])
+        return _kl(torch.cat([_simulated(hand, x) for x in batches]), ref)
+
+    assert kl_with(set()) == pytest.approx(0.0, abs=1e-9)  # all off: the float model
+    everything = {u.name for u in units}
+    for la in result.layers:
+        assert la.only_quantized == pytest.approx(kl_with({la.name}), rel=1e-6, abs=1e-12)
+        assert la.all_but == pytest.approx(kl_with(everything - {la.name}), rel=1e-6, abs=1e-12)

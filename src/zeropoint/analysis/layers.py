@@ -113,8 +113,9 @@ def _static_stats(u: Unit) -> UnitStats:
         s.weight_bits = u.weight.scheme.bits
         w = u.layer.float_weight.detach()
         s.parameters = w.numel()
-        with torch.no_grad():
-            s.weight_sqnr_db = sqnr_db(w, u.layer.quantized_weight().detach())
+        with torch.no_grad():  # against the float model's weight where the layer's is on grid
+            reference = w if u.float_reference is None else u.float_reference
+            s.weight_sqnr_db = sqnr_db(reference, u.layer.quantized_weight().detach())
     elif u.layer is not None:
         s.weight_scheme = "float"
         s.parameters = u.layer.float_weight.numel()

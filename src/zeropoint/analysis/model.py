@@ -37,6 +37,7 @@ from zeropoint.analysis.units import (
     enabled,
     first_tensor,
     float_simulation,
+    float_weights,
     labels_of,
     output_tensor,
     state_of,
@@ -90,6 +91,7 @@ class ModelAnalysis:
     float_ops: list[str] = field(default_factory=list)
     float_layers: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def sorted_layers(self) -> list[LayerAnalysis]:
         """Most sensitive first (by the exact "only this quantized" drop, else the estimate)."""
@@ -120,6 +122,7 @@ class ModelAnalysis:
             lines.append("operations in float (no integer kernel): " + ", ".join(self.float_ops))
         if self.float_layers:
             lines.append("layers the config left in float: " + ", ".join(self.float_layers))
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def table(self, limit: int | None = None) -> str:
@@ -146,7 +149,7 @@ class ModelAnalysis:
         out = {k: getattr(self, k) for k in (
             "metric", "metric_unit", "higher_is_better", "samples", "float_value",
             "quantized_value", "quantized_drop", "rank_correlation", "float_ops",
-            "float_layers", "timings_s")}  # fmt: skip
+            "float_layers", "timings_s", "notes")}  # fmt: skip
         out["layers"] = layers
         if self.consistency is not None:
             c = self.consistency
@@ -211,42 +214,43 @@ def analyze(
     state_of(model_q)  # a clear error for a model no workflow produced
     units = find_units_cached(model_q)
     batches = _batches(model, model_q, data, max_batches)
-    has_labels = all(b.labels is not None for b in batches)
-    m = resolve_metric(metric, has_labels)
-    timings: dict[str, float] = {}
-    bar = _bar(progress, len(units) * len(batches) * int(exact) + len(batches) * int(fast))
+    with float_weights(model_q, model, units, batches[0].x, batches[0].reference) as notes:
+        has_labels = all(b.labels is not None for b in batches)
+        m = resolve_metric(metric, has_labels)
+        timings: dict[str, float] = {}
+        bar = _bar(progress, len(units) * len(batches) * int(exact) + len(batches) * int(fast))
 
-    t0 = time.perf_counter()
-    stats = unit_stats(model_q, units, [b.x for b in batches])
-    timings["statistics"] = time.perf_counter() - t0
-    probe = ExactSensitivity(model_q, units, batches, m)
-    full_drop = probe.full(model_q)
-    layers = [LayerAnalysis(s) for s in stats]
-    if exact:
         t0 = time.perf_counter()
-        only, allbut = probe.one_at_a_time(progress=bar)
-        for la in layers:
-            la.only_quantized, la.all_but = only[la.name], allbut.get(la.name)
-            if la.all_but is not None:
-                la.recovery = full_drop - la.all_but
-        timings["exact"] = time.perf_counter() - t0
-    if fast:
-        t0 = time.perf_counter()
-        likelihood = "categorical" if m.name in ("kl", "accuracy", "agreement") else "gaussian"
-        est = fisher_estimates(model_q, batches, samples=fisher_samples, likelihood=likelihood,
-                               seed=seed, progress=bar)[None]  # fmt: skip
-        for la in layers:
-            la.fisher = est[la.name]
-        timings["fast"] = time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
-    rank = _rank_correlations(layers) if exact and fast else {}
-    result = ModelAnalysis(
-        m.name, m.unit, m.higher_is_better, sum(b.x.shape[0] for b in batches),
-        probe.reference_value, _value(m, full_drop, probe.reference_value),
-        full_drop, layers, rank, timings_s=timings,
-    )  # fmt: skip
-    result.float_ops, result.float_layers = float_operations(model_q, batches[0].x)
+        stats = unit_stats(model_q, units, [b.x for b in batches])
+        timings["statistics"] = time.perf_counter() - t0
+        probe = ExactSensitivity(model_q, units, batches, m)
+        full_drop = probe.full(model_q)
+        layers = [LayerAnalysis(s) for s in stats]
+        if exact:
+            t0 = time.perf_counter()
+            only, allbut = probe.one_at_a_time(progress=bar)
+            for la in layers:
+                la.only_quantized, la.all_but = only[la.name], allbut.get(la.name)
+                if la.all_but is not None:
+                    la.recovery = full_drop - la.all_but
+            timings["exact"] = time.perf_counter() - t0
+        if fast:
+            t0 = time.perf_counter()
+            likelihood = "categorical" if m.name in ("kl", "accuracy", "agreement") else "gaussian"
+            est = fisher_estimates(model_q, batches, samples=fisher_samples, likelihood=likelihood,
+                                   seed=seed, progress=bar)[None]  # fmt: skip
+            for la in layers:
+                la.fisher = est[la.name]
+            timings["fast"] = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        rank = _rank_correlations(layers) if exact and fast else {}
+        result = ModelAnalysis(
+            m.name, m.unit, m.higher_is_better, sum(b.x.shape[0] for b in batches),
+            probe.reference_value, _value(m, full_drop, probe.reference_value),
+            full_drop, layers, rank, timings_s=timings, notes=notes,
+        )  # fmt: skip
+        result.float_ops, result.float_layers = float_operations(model_q, batches[0].x)
     if consistency:
         t0 = time.perf_counter()
         result.consistency = _consistency(model_q, [b.x for b in batches], consistency)

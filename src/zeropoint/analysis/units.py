@@ -11,6 +11,12 @@ Switching every unit off gives the float model (batch norms folded); switching a
 converted model. A unit that is off passes values through (its quantizers run in mode "off"), so
 a layer whose unit is off computes in float from whatever its input is.
 
+Some converted models no longer hold float weights: pair-bounded 8-bit weights are snapped onto
+their grid at convert, AdaRound commits its rounded weights, a loaded checkpoint holds S·q. For
+those layers `attach_float_weights` takes the weight from the float model (batch norms folded as
+the quantization folded them) and `enabled` swaps it in while the unit is off — otherwise "off"
+would still carry the weight's quantization error.
+
 The analysis runs the *fake-quant simulation* (`float_simulation`): float arithmetic on
 quantized values, as QAT sees it. At inference the converted model runs the integer program's
 own kernels instead; the two differ only where a value falls on a rounding tie, which the
@@ -47,6 +53,18 @@ class Unit:
     activation: FakeQuant | None
     point: fx.Node
     nodes: tuple[fx.Node, ...]
+
+    @property
+    def float_reference(self) -> Tensor | None:
+        """The float weight the layer computes with while off (`attach_float_weights`), or
+        None: its own weight."""
+        return None if self.layer is None else self.layer.__dict__.get("_float_reference")
+
+    @property
+    def grid_weight(self) -> Tensor | None:
+        """The layer's own (on-grid) weight parameter, bound while on (with a
+        `float_reference`)."""
+        return None if self.layer is None else self.layer.__dict__.get("_grid_weight")
 
     @property
     def quantizers(self) -> list[FakeQuant]:
@@ -150,18 +168,98 @@ def _chain(start: fx.Node, end: fx.Node) -> list[fx.Node]:
 
 @contextlib.contextmanager
 def enabled(units: list[Unit], on: Iterable[str]) -> Iterator[None]:
-    """Within the block only the units named in ``on`` quantize (the others pass values through);
-    the quantizers' previous modes are restored afterwards."""
+    """Within the block only the units named in ``on`` quantize (the others pass values through;
+    a layer with a `Unit.float_reference` computes with that weight while off); the quantizers'
+    previous modes and the layers' previous weights are restored afterwards. Weights are
+    swapped by rebinding the layer's parameter, never written in place: a graph recorded
+    before (the Fisher estimate's backward pass) keeps the values it saw."""
     wanted = set(on)
     saved = [(q, q.mode) for u in units for q in u.quantizers]
+    swapped = [(u, _weight_of(u)) for u in units if u.float_reference is not None]
     try:
         for u in units:
             for q in u.quantizers:
                 q.mode = "quantize" if u.name in wanted else "off"
+        for u, _ in swapped:
+            _bind_weight(u, u.grid_weight if u.name in wanted else u.float_reference)
         yield
     finally:
         for q, mode in saved:
             q.mode = mode
+        for u, previous in swapped:
+            _bind_weight(u, previous)
+
+
+def _weight_of(unit: Unit) -> Tensor:
+    assert unit.layer is not None
+    return unit.layer.float_weight
+
+
+def _bind_weight(unit: Unit, weight: Tensor | None) -> None:
+    """Make ``weight`` (the layer's own parameter or its float reference) the layer's weight,
+    with the own parameter's current ``requires_grad`` (`float_simulation` switches it)."""
+    assert unit.layer is not None and isinstance(weight, nn.Parameter)
+    own = unit.grid_weight
+    assert own is not None
+    if weight is not own:
+        weight.requires_grad_(own.requires_grad)
+    unit.layer._parameters["weight"] = weight
+
+
+def on_grid(layer: QuantMixin) -> bool:
+    """Whether the layer's weight already lies on its quantization grid (Q(W) = W)."""
+    with torch.no_grad():
+        w = layer.float_weight.detach()
+        return bool(torch.equal(layer.quantized_weight().detach(), w))
+
+
+def attach_float_weights(model_q: nn.Module, model: nn.Module | None,
+                         units: list[Unit]) -> list[str]:  # fmt: skip
+    """Give every layer unit whose weight lies on its grid (see the module docstring) the float
+    model's weight as its `Unit.float_reference` (kept on the layer until
+    `detach_float_weights`): ``model``'s layer of the same name, with the
+    batch norm folded into it when the quantization folded one (`zeropoint.fold.fold_bn`,
+    `QuantState.folded`). Returns the names of the on-grid layers left without one (no float
+    model, or no layer of that name and shape in it)."""
+    import copy
+
+    from zeropoint.fold import fold_bn
+
+    folded = dict(state_of(model_q).folded)
+    missing: list[str] = []
+    for u in units:
+        if u.layer is None or u.weight is None or u.float_reference is not None:
+            continue
+        if not on_grid(u.layer):
+            continue
+        reference = None
+        if model is not None:
+            try:
+                source = model.get_submodule(u.name)
+                if u.name in folded:
+                    source = fold_bn(copy.deepcopy(source),  # type: ignore[arg-type]
+                                     model.get_submodule(folded[u.name]))  # type: ignore[arg-type]  # fmt: skip
+                weight = source.weight
+                if isinstance(weight, Tensor):
+                    reference = weight.detach().to(u.layer.float_weight.dtype).clone()
+            except (AttributeError, TypeError, ValueError):
+                reference = None
+        if reference is None or reference.shape != u.layer.float_weight.shape:
+            missing.append(u.name)
+            continue
+        u.layer.__dict__["_grid_weight"] = u.layer.float_weight  # the parameter itself
+        u.layer.__dict__["_float_reference"] = nn.Parameter(reference, requires_grad=False)
+    return missing
+
+
+def detach_float_weights(units: list[Unit]) -> None:
+    """Undo `attach_float_weights` (the layers keep their own weights while off)."""
+    for u in units:
+        if u.layer is not None:
+            own = u.layer.__dict__.pop("_grid_weight", None)
+            if own is not None:
+                u.layer._parameters["weight"] = own
+            u.layer.__dict__.pop("_float_reference", None)
 
 
 @contextlib.contextmanager
@@ -197,6 +295,42 @@ class PartialRunner(fx.Interpreter):
         ):
             self.kept[n] = value
         return value
+
+
+@contextlib.contextmanager
+def float_weights(model_q: nn.Module, model: nn.Module | None, units: list[Unit], x: Tensor,
+                  reference: Tensor) -> Iterator[list[str]]:  # fmt: skip
+    """Within the block, the float model's weights for the layers whose own weights lie on their
+    grid (`attach_float_weights`), kept only if every unit off then reproduces ``reference``
+    (the float model's output on ``x``); yields what could not be separated, as notes."""
+    missing = attach_float_weights(model_q, model, units)
+    notes = []
+    if any(u.float_reference is not None for u in units):
+        with torch.no_grad(), enabled(units, set()), float_simulation(model_q):
+            off = output_tensor(model_q(x)).detach()
+        scale = float(reference.abs().max().clamp_min(1e-12))
+        error = float((off - reference).abs().max()) / scale
+        if error > 1e-4:
+            detach_float_weights(units)
+            notes.append(
+                f"the float model's weights do not reproduce its output in the quantized model "
+                f"(relative error {error:.2g}: a different float model, or one changed before "
+                "quantizing, e.g. equalized): layers whose weights lie on their grid keep them "
+                "while off"
+            )
+            missing = [u.name for u in units if u.layer is not None and u.weight is not None
+                       and on_grid(u.layer)]  # fmt: skip
+    if missing:
+        notes.append(
+            f"{len(missing)} layer(s) hold weights already on their grid ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}) and no float weights were found for them: "
+            "their weight quantization is not part of their sensitivity or weight SQNR (give "
+            "the float model the quantized one came from)"
+        )
+    try:
+        yield notes
+    finally:
+        detach_float_weights(units)
 
 
 def descendants(nodes: Iterable[fx.Node]) -> set[fx.Node]:
@@ -249,12 +383,16 @@ def output_tensor(value: Any) -> Tensor:
 __all__ = [
     "PartialRunner",
     "Unit",
+    "attach_float_weights",
     "descendants",
+    "detach_float_weights",
     "enabled",
     "find_units",
     "first_tensor",
     "float_simulation",
+    "float_weights",
     "labels_of",
+    "on_grid",
     "output_tensor",
     "state_of",
 ]

@@ -30,6 +30,7 @@ activation width; their drops are measured once and added to the prediction.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -46,7 +47,13 @@ from zeropoint.analysis.sensitivity import (
     find_units_cached,
     fisher_estimates,
 )
-from zeropoint.analysis.units import first_tensor, labels_of, output_tensor
+from zeropoint.analysis.units import (
+    find_units,
+    first_tensor,
+    float_weights,
+    labels_of,
+    output_tensor,
+)
 from zeropoint.mixed.knapsack import solve
 from zeropoint.nn.modules import QuantMixin
 from zeropoint.workflows.config import LayerRule, QuantConfig, int8_static
@@ -194,6 +201,7 @@ class SensitivityTable:
     other_drop: float
     variants: dict[tuple[int, int], nn.Module] = field(default_factory=dict)
     wall_s: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the drops could not separate
 
     def uniform_bytes(self, weight_bits: int) -> float:
         """Model bytes of every searched layer at ``weight_bits``."""
@@ -319,23 +327,31 @@ def measure_sensitivities(
     others = [u.name for u in units if u.name not in searched]
     steps = (len(pairs) * len(names) + len(others)) * len(batches) if sensitivity == "exact" else (
         len(batches))  # fmt: skip
-    bar = _progress(progress, steps, "mixed precision: sensitivities", "step")
-    step = None if bar is None else (lambda _name, n: bar.update(n))
-    if sensitivity == "exact":
-        probe = ExactSensitivity(reference, units, batches, m)
+    notes: list[str] = []
+    with contextlib.ExitStack() as stack:
+        # candidates whose weights lie on their grid (AdaRound's, pair-bounded, loaded) compute
+        # with the float model's weights while off (`zeropoint.analysis.units.float_weights`)
         for pair, variant in variants.items():
-            drops[pair] = probe.one_at_a_time(names, variant=variant, all_but=False,
-                                              progress=step)[0]  # fmt: skip
-        other_drop = sum(
-            probe.one_at_a_time(others, variant=variants[base_pair], all_but=False,
-                                progress=step)[0].values()
-        ) if others else 0.0  # fmt: skip
-    else:
-        est = fisher_estimates(reference, batches, variants=variants, names=names + others,  # type: ignore[arg-type]
-                               samples=fisher_samples, progress=step,
-                               likelihood="categorical" if m.name != "cosine" else "gaussian")  # fmt: skip
-        drops = {pair: {n: est[pair][n] for n in names} for pair in variants}  # type: ignore[index]
-        other_drop = sum(est[base_pair][n] for n in others)  # type: ignore[index]
+            found = stack.enter_context(float_weights(
+                variant, model, find_units(variant), batches[0].x, batches[0].reference))  # fmt: skip
+            notes += [f"candidate {pair}: {n}" for n in found]
+        bar = _progress(progress, steps, "mixed precision: sensitivities", "step")
+        step = None if bar is None else (lambda _name, n: bar.update(n))
+        if sensitivity == "exact":
+            probe = ExactSensitivity(reference, units, batches, m)
+            for pair, variant in variants.items():
+                drops[pair] = probe.one_at_a_time(names, variant=variant, all_but=False,
+                                                  progress=step)[0]  # fmt: skip
+            other_drop = sum(
+                probe.one_at_a_time(others, variant=variants[base_pair], all_but=False,
+                                    progress=step)[0].values()
+            ) if others else 0.0  # fmt: skip
+        else:
+            est = fisher_estimates(reference, batches, variants=variants, names=names + others,  # type: ignore[arg-type]
+                                   samples=fisher_samples, progress=step,
+                                   likelihood="categorical" if m.name != "cosine" else "gaussian")  # fmt: skip
+            drops = {pair: {n: est[pair][n] for n in names} for pair in variants}  # type: ignore[index]
+            other_drop = sum(est[base_pair][n] for n in others)  # type: ignore[index]
     if bar is not None:
         bar.close()
     params = {n: searched[n].float_weight.numel() for n in names}  # type: ignore[union-attr]
@@ -343,6 +359,7 @@ def measure_sensitivities(
         base, tuple(weight_bits), tuple(activation_bits), allow_float,
         m.name + (" (Fisher estimate)" if sensitivity == "fast" else ""), drops, params,
         _fixed_bytes(reference, searched), other_drop, variants, time.perf_counter() - t_start,
+        notes,
     )  # fmt: skip
 
 
