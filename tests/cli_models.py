@@ -53,3 +53,25 @@ def wrong_shape_batches() -> list[torch.Tensor]:
 
 model_instance = build_model()
 not_a_model = 42
+
+
+class Mlp(nn.Module):
+    """Two linear layers of 64 inputs: weight-only int4 in groups of 32 fits them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, 64)
+        self.fc2 = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def build_mlp() -> Mlp:
+    torch.manual_seed(0)
+    return Mlp()
+
+
+def mlp_batches() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return [torch.randn(8, 64, generator=g) for _ in range(2)]

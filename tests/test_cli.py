@@ -88,6 +88,48 @@ def test_quantize_dynamic_config_writes_checkpoint_and_report(
     assert doc["analysis"] is None and doc["summary"][0]["method"] == "fp32 (PyTorch)"
 
 
+def test_quantize_weight_only_config_exports_matmulnbits_onnx(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "wo"
+    argv = ["quantize", "tests.cli_models:build_mlp", "--calib", "tests.cli_models:mlp_batches",
+            "--config", "int4_weight_only", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    import onnx
+    import onnxruntime as ort
+
+    from tests.cli_models import build_mlp, mlp_batches
+
+    proto = onnx.load(str(out / "model.onnx"))
+    assert sum(n.op_type == "MatMulNBits" for n in proto.graph.node) == 2
+    # ONNX Runtime runs the file at another batch size and computes the loaded checkpoint's
+    # function (the int4 codes dequantized; float accumulation order differs)
+    loaded = zp.load(out / "checkpoint", build_mlp().eval())
+    x = torch.cat(mlp_batches())[:5]
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    with torch.no_grad():
+        assert torch.allclose(got, loaded(x), atol=1e-5, rtol=1e-5)
+    methods = [r["method"] for r in json.loads((out / "report.json").read_text())["summary"]]
+    assert "zeropoint ONNX export → ONNX Runtime" in methods
+
+
+def test_report_render_only_needs_no_model_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["quantize", MODEL, "--calib", CALIB, "--out", str(out), "--quiet",
+                 "--no-onnx"]) == 0  # fmt: skip
+    before = (out / "report.html").read_text()
+    (out / "report.html").unlink()
+    (out / "zeropoint.json").unlink()  # nothing left to rebuild the model from
+    assert main(["report", str(out), "--render-only", "--quiet"]) == 0
+    assert (out / "report.html").read_text() == before
+    (out / "report.json").write_text("[1, 2]")
+    assert main(["report", str(out), "--render-only"]) == 2
+    assert "report.json is damaged" in _error_line(capsys)
+
+
 def test_every_subcommand_has_help_with_examples() -> None:
     for command in ("quantize", "report", "formats"):
         run = subprocess.run([sys.executable, "-m", "zeropoint.cli", command, "--help"],
@@ -114,15 +156,51 @@ def test_every_subcommand_has_help_with_examples() -> None:
         (["quantize", MODEL, "--calib", CALIB, "--observer", "median"], "activation_observer"),
         (["quantize", MODEL, "--calib", CALIB, "--metric", "accuracy"], "needs labels"),
         (["quantize", MODEL, "--calib", CALIB, "--max-batches", "0"], "--max-batches"),
+        (["quantize", MODEL], "the following arguments are required: --calib"),
+        (["quantize", MODEL, "--calib", CALIB, "--metric", "f1"], "invalid choice: 'f1'"),
+        (["quantize", "tests.cli_models:build_mlp", "--calib", "tests.cli_models:mlp_batches",
+          "--config", "int4_weight_only", "--no-onnx", "--data", CALIB],
+         "evaluation data does not fit the model"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_status_2(
     argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main([*argv, "--out", str(tmp_path / "o"), "--quiet"]) == 2
-    line = _error_line(capsys)
-    assert expected in line
-    assert "Traceback" not in line
+    try:
+        status = main([*argv, "--out", str(tmp_path / "o"), "--quiet"])
+    except SystemExit as exc:  # argparse's own errors exit from parse_args
+        status = exc.code
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one line: no usage block, no traceback
+    assert err[0].startswith("zeropoint: error: ") and expected in err[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--data", "tests.cli_models:no_such_batches"], "has no attribute 'no_such_batches'"),
+        (["--data", "tests.cli_models:wrong_shape_batches"],
+         "evaluation data does not fit the model: on a batch of shape (4, 5, 12, 12)"),
+        (["--metric", "accuracy"], "needs labels"),
+        (["--max-batches", "0"], "--max-batches"),
+        (["--metric", "f1"], "invalid choice: 'f1'"),
+    ],
+)  # fmt: skip
+def test_report_bad_input_is_one_line_and_status_2(
+    argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["quantize", MODEL, "--calib", CALIB, "--out", str(out), "--quiet",
+                 "--no-onnx"]) == 0  # fmt: skip
+    capsys.readouterr()
+    try:
+        status = main(["report", str(out), *argv, "--quiet"])
+    except SystemExit as exc:
+        status = exc.code
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("zeropoint: error: ") and expected in err[0], err
 
 
 def test_report_of_a_directory_not_written_by_quantize(

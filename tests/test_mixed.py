@@ -177,6 +177,11 @@ def test_float_layers_and_16_bit_activations_are_choices() -> None:
     assert "b" not in zp.workflows.graph.state_of(model_q).layers
     assert model_q.a.weight_quant.scheme.bits == 2
     assert "zp.LayerRule(name='b', skip=True)" in r.rules_source()
+    # the source runs as printed and gives the config back
+    scope: dict[str, object] = {"zp": zp}
+    exec(r.rules_source(), scope)
+    base = zp.int8_static(reduce_range=False)
+    assert base.with_(rules=scope["rules"] + base.rules) == r.config
 
 
 def test_search_bad_inputs() -> None:

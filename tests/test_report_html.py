@@ -152,6 +152,50 @@ def test_chromium_renders_the_report_without_script_errors(
     assert "data-errors" not in html_tag and "Uncaught" not in log
 
 
+_CLICK_AND_RECORD = """<script>
+window.addEventListener('load', function () {
+  var th = Array.prototype.find.call(document.querySelectorAll('table.sortable th'),
+    function (h) { return h.textContent.indexOf('only this quantized') >= 0; });
+  var col = Array.prototype.indexOf.call(th.parentNode.children, th);
+  th.click();  // most sensitive first: the order the table is written in
+  th.click();  // and back: least sensitive first
+  var rows = th.closest('table').tBodies[0].rows;
+  var keys = Array.prototype.map.call(rows, function (r) {
+    return r.cells[col].getAttribute('data-v'); });
+  document.documentElement.setAttribute('data-sorted', keys.join('|'));
+});
+</script></body>"""
+
+
+@needs_chromium
+def test_chromium_renders_the_command_line_report_and_sorts_it(tmp_path: Path) -> None:
+    """The report `zeropoint quantize` writes (not a page built for the test), opened in
+    Chromium: not blank, no script error, and a click on the sensitivity column sorts the
+    per-layer table (a script appended to a copy clicks twice — the table is written most
+    sensitive first, so the second click must reverse it — and records the column)."""
+    from zeropoint.cli import main
+
+    out = tmp_path / "out"
+    assert main(["quantize", "tests.cli_models:build_model", "--calib",
+                 "tests.cli_models:calib_batches", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    png, dom, log = _chromium((out / "report.html").resolve().as_uri(), tmp_path)
+    ink, colours = _ink(png)
+    assert ink > 0.03 and colours > 20
+    html_tag = dom[dom.index("<html") : dom.index(">", dom.index("<html"))]
+    assert 'data-ready="1"' in html_tag and "data-errors" not in html_tag
+    assert "Uncaught" not in log
+    clicked = tmp_path / "clicked.html"
+    clicked.write_text((out / "report.html").read_text().replace("</body>", _CLICK_AND_RECORD))
+    _, dom, log = _chromium(clicked.resolve().as_uri(), tmp_path)
+    html_tag = dom[dom.index("<html") : dom.index(">", dom.index("<html"))]
+    assert "data-errors" not in html_tag, log[-2000:]
+    keys = html_tag.split('data-sorted="')[1].split('"')[0].split("|")
+    drops = [float(k) for k in keys]
+    doc = json.loads((out / "report.json").read_text())
+    assert len(drops) == len(doc["analysis"]["layers"])
+    assert drops == sorted(drops) and drops[0] < drops[-1]
+
+
 @needs_chromium
 def test_chromium_check_catches_a_script_error(tmp_path: Path) -> None:
     """The checks above can fail: a page whose script throws is caught by both."""
@@ -223,3 +267,24 @@ def test_scatter_points_on_one_spot_share_one_label() -> None:
     root = ET.fromstring(svg.scatter(apart, "size", "top-1 %"))
     assert sorted(t.text or "" for t in root.iter(f"{ns}text")
                   if t.get("font-weight") == "bold") == ["1", "2"]  # fmt: skip
+
+
+def test_scatter_labels_of_nearby_points_do_not_overlap() -> None:
+    """Points 12 px apart keep their own labels (they are not one spot) but the labels may not
+    print over each other (the digits CNN's chart read "3,126": "3,12" beside "6"): every
+    label's box, ~6.8 px a character and 11 px high, is clear of every other's."""
+    from zeropoint.report import svg
+
+    pts = [svg.Point(4000, 50.0, "a", number=12), svg.Point(4215, 50.0, "b", number=6),
+           svg.Point(4430, 50.0, "c", number=7), svg.Point(4000, 56.0, "d", number=1),
+           svg.Point(12000, 90.0, "e", number=3)]  # fmt: skip
+    root = ET.fromstring(svg.scatter(pts, "size", "top-1 %", log_x=False))
+    ns = "{http://www.w3.org/2000/svg}"
+    boxes = []
+    for t in root.iter(f"{ns}text"):
+        if t.get("font-weight") == "bold":
+            x, y, n = float(t.get("x", 0)), float(t.get("y", 0)), len(t.text or "")
+            boxes.append((x, y - 11, x + 6.8 * n, y + 2, t.text or ""))
+    assert sorted(b[4] for b in boxes) == ["1", "12", "3", "6", "7"]
+    for a, b in itertools.combinations(boxes, 2):
+        assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a[4], b[4])

@@ -215,6 +215,12 @@ def test_bad_inputs() -> None:
         zp.analyze(model, model_q, [])
     with pytest.raises(TypeError, match=r"float nn\.Module"):
         zp.analyze("model", model_q, calib_batches())  # type: ignore[arg-type]
+    from tests.cli_models import build_mlp, mlp_batches
+
+    mlp = build_mlp().eval()
+    for config, kind in (("int8_dynamic", "dynamic"), (zp.int4_weight_only(32), "weight-only")):
+        with pytest.raises(ValueError, match=f"Mlp is a {kind} model: the analysis switches"):
+            zp.analyze(mlp, zp.quantize_dynamic(build_mlp().eval(), config), mlp_batches())
 
 
 # -------------------------------------------------- layers whose weights lie on their grid

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 MANIFEST = "zeropoint.json"
 STATIC = ("int8_static",)
@@ -32,6 +32,16 @@ QAT = ("w4a4_qat", "w3a3_qat", "w2a2_qat")
 
 class CliError(Exception):
     """Bad input: printed as one line, exit status 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors (a missing option, an invalid choice) on one line:
+    ``zeropoint: error: <what> (see `zeropoint quantize --help`)``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        command = self.prog.removeprefix("zeropoint").strip()
+        hint = f"zeropoint {command} --help" if command else "zeropoint --help"
+        self.exit(2, f"zeropoint: error: {message} (see `{hint}`)\n")
 
 
 # ---------------------------------------------------------------------------- user objects
@@ -181,14 +191,21 @@ def _quantize(args: argparse.Namespace) -> int:
                     "cwd": os.getcwd(), "max_batches": args.max_batches}  # fmt: skip
         atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
         onnx_path = None
-        if workflow == "static" and not args.no_onnx:
-            onnx_path = _export(model_q, _inputs(data[0]), out / "model.onnx", args)
+        weight_only = workflow == "dynamic" and not cfg.dynamic
+        if workflow == "static" or weight_only:
+            if not args.no_onnx:
+                onnx_path = _export(model_q, _inputs(data[0]), out / "model.onnx", args,
+                                    weight_only)  # fmt: skip
+        else:
+            _say(args, "ONNX export: none for dynamic activation quantization (it runs in "
+                       "PyTorch; ONNX Runtime's own quantize_dynamic covers that export)")  # fmt: skip
         report = _report(model, model_q, workflow, data, args, ckpt, onnx_path)
     _finish(report, out, caught, args, time.perf_counter() - start)
     return 0
 
 
-def _export(model_q: Any, example: Any, path: Path, args: argparse.Namespace) -> Path | None:
+def _export(model_q: Any, example: Any, path: Path, args: argparse.Namespace,
+            weight_only: bool = False) -> Path | None:  # fmt: skip
     try:
         import onnx  # noqa: F401
     except ImportError:
@@ -196,7 +213,12 @@ def _export(model_q: Any, example: Any, path: Path, args: argparse.Namespace) ->
         return None
     import zeropoint as zp
 
-    written = zp.export_onnx(model_q, path, example[:2])
+    if weight_only:  # MatMulNBits for the weight-only layers, the rest as exported
+        axes = {"input": {0: "batch"}, "output": {0: "batch"}}
+        written = zp.export_weight_only_onnx(model_q, path, (example[:2],), input_names=["input"],
+                                             output_names=["output"], dynamic_axes=axes)  # fmt: skip
+    else:
+        written = zp.export_onnx(model_q, path, example[:2])
     _say(args, f"ONNX: {written}")
     return written
 
@@ -255,6 +277,8 @@ def _report_cmd(args: argparse.Namespace) -> int:
     from zeropoint.report.capture import captured_warnings
 
     out = Path(args.dir)
+    if args.render_only:
+        return _render_only(out, args)
     manifest_path = out / MANIFEST
     if not manifest_path.is_file():
         raise CliError(f"{out} has no {MANIFEST}: it was not written by `zeropoint quantize`")
@@ -281,6 +305,20 @@ def _report_cmd(args: argparse.Namespace) -> int:
         workflow = manifest.get("workflow", "static")
         report = _report(model, model_q, workflow, data, args, out / "checkpoint", onnx_path)
     _finish(report, out, caught, args, time.perf_counter() - start)
+    return 0
+
+
+def _render_only(out: Path, args: argparse.Namespace) -> int:
+    from zeropoint.report.html import ReportData, write_html
+
+    source = out / "report.json"
+    if not source.is_file():
+        raise CliError(f"{out} has no report.json to render: run `zeropoint quantize` first")
+    try:
+        report = ReportData.from_json(source.read_text())
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CliError(f"{source} is damaged: {_first_line(exc)}") from None
+    _say(args, f"report: {write_html(out / 'report.html', report)}")
     return 0
 
 
@@ -311,12 +349,15 @@ REPORT_EXAMPLES = """examples:
   zeropoint report out/
   zeropoint report out/ --data mypkg.data:val_batches --metric agreement
 
+  zeropoint report out/ --render-only
+
 Rebuilds the model from the code named in DIR/zeropoint.json, loads DIR/checkpoint, analyses it
-on the evaluation data (default: the data used when quantizing) and rewrites DIR/report.html."""
+on the evaluation data (default: the data used when quantizing) and rewrites DIR/report.html and
+DIR/report.json. --render-only rewrites DIR/report.html from DIR/report.json as it is."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="zeropoint",
         description="Quantize PyTorch models: formats, calibration, int8 engine, reports.",
         epilog="run `zeropoint COMMAND --help` for a command's options and examples",
@@ -358,10 +399,17 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="re-render the report of a saved checkpoint",
                        epilog=REPORT_EXAMPLES, formatter_class=fmt)  # fmt: skip
     r.add_argument("dir", help="a directory written by `zeropoint quantize`")
-    r.add_argument("--data", default=None, help="MODULE:ATTRIBUTE of evaluation batches")
-    r.add_argument("--metric", default=None, choices=("accuracy", "agreement", "cosine", "kl"))
-    r.add_argument("--max-batches", type=int, default=None)
-    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--data", default=None,
+                   help="MODULE:ATTRIBUTE of evaluation batches (default: those of quantize)")  # fmt: skip
+    r.add_argument("--metric", default=None, choices=("accuracy", "agreement", "cosine", "kl"),
+                   help="default: accuracy when batches carry labels, else KL to the float "
+                        "outputs")  # fmt: skip
+    r.add_argument("--max-batches", type=int, default=None,
+                   help="batches the report analyses (default: as when quantizing)")  # fmt: skip
+    r.add_argument("--render-only", action="store_true",
+                   help="rewrite DIR/report.html from DIR/report.json alone: no model code, "
+                        "no data, nothing re-measured")  # fmt: skip
+    r.add_argument("--quiet", action="store_true", help="print nothing but errors")
     r.set_defaults(func=_report_cmd)
     f = sub.add_parser("formats", help="table of number formats: range, resolution, dynamic range",
                        epilog="example:\n  zeropoint formats", formatter_class=fmt)  # fmt: skip

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from zeropoint.engine.program import IntegerProgram, to_integer
+from zeropoint.extras import require
 from zeropoint.functional import quantize_int
 from zeropoint.lowering import QGraph, QOp, build_qgraph
 from zeropoint.qparams import QParams
@@ -188,6 +189,8 @@ def compare_executions(
     program = program or to_integer(model, batches[0][:2])
     full_ort = layer_ort = None
     if onnx:
+        require("onnx", "compare_executions(onnx=True)")
+        require("onnxruntime", "compare_executions(onnx=True)")
         from zeropoint.export.onnx import qgraph_to_onnx
 
         full_ort = _ort_session(qgraph_to_onnx(graph))

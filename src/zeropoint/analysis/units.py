@@ -109,6 +109,12 @@ def find_units(model: nn.Module) -> list[Unit]:
     converted QAT model; needs the captured graph)."""
     state = state_of(model)
     gm = state.graph_module
+    if state.workflow in ("dynamic", "weight_only"):
+        raise ValueError(
+            f"{type(model).__name__} is a {state.workflow.replace('_', '-')} model: the analysis "
+            "switches the quantizers of a static or QAT model one at a time (zp.quantize_static, "
+            "zp.convert); compare its outputs with the float model's instead"
+        )
     if gm is None:
         raise ValueError(
             f"{type(model).__name__} was quantized at module boundaries (torch.fx could not "

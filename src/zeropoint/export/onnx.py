@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, fx
 
+from zeropoint.extras import require
 from zeropoint.lowering import QGraph, QOp, build_qgraph
 from zeropoint.ops.table import spec_for
 from zeropoint.ops.tables import emit_clip
@@ -386,12 +387,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, example_inputs: Any) -
     Inputs keep the model's argument names (e.g. ``x``) and outputs are named after the graph's
     last values; both have a dynamic batch dimension. Inputs and outputs are float: the model
     quantizes its inputs and dequantizes its outputs itself."""
-    try:
-        import onnx
-    except ImportError as exc:
-        raise ImportError(
-            "ONNX export needs the 'onnx' extra: pip install 'zeropoint[onnx]'"
-        ) from exc
+    onnx = require("onnx", "ONNX export")
     proto = to_onnx_model(model, example_inputs)
     target = Path(path)
     with atomic_path(target) as tmp:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from zeropoint.extras import require
 from zeropoint.nn.codebook_weights import CodedLinear, code_table
 from zeropoint.nn.weight_only import WeightOnlyLinear
 from zeropoint.report.files import atomic_path
@@ -211,7 +212,7 @@ def export_weight_only_onnx(
     that stay float weights in the file (MatMulNBits cannot hold them, or the exporter folded
     their weight into another constant).
     """
-    import onnx
+    onnx = require("onnx", "ONNX export")
     from onnx import helper
 
     float_model, weights = _float_copy(model)

@@ -120,14 +120,18 @@ class MixedPrecisionResult:
     wall_s: dict[str, float] = field(default_factory=dict)
 
     def rules_source(self) -> str:
-        """The config's layer rules as Python source (to paste and edit)."""
-        lines = ["rules = ("]
-        for c in self.choices:
+        """The config's layer rules as Python source to paste and edit: it defines ``W`` and
+        ``A`` (the base config's weight and activation schemes) and ``rules``, one
+        `LayerRule` per searched layer; ``config.with_(rules=rules + config.rules)`` with the
+        base config is `config` again (needs ``import zeropoint as zp``)."""
+        weight, activation = self.config.weight, self.config.activation
+        lines = [f"W = zp.{weight!r}", f"A = zp.{activation!r}", "rules = ("]
+        for c, rule in zip(self.choices, self.config.rules, strict=False):
             if c.weight_bits is None:
-                lines.append(f"    zp.LayerRule(name={c.name!r}, skip=True),")
+                lines.append(f"    zp.LayerRule(name={rule.name!r}, skip=True),")
             else:
                 lines.append(
-                    f"    zp.LayerRule(name={c.name!r}, weight=W.with_(bits={c.weight_bits}), "
+                    f"    zp.LayerRule(name={rule.name!r}, weight=W.with_(bits={c.weight_bits}), "
                     f"activation=A.with_(bits={c.activation_bits})),"
                 )
         lines.append(")")

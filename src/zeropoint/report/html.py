@@ -279,6 +279,10 @@ def _analysis_section(data: ReportData) -> str:
                      + "".join(f"<li>Spearman rank correlation, {escape(k)}: "
                                f"<b>{_cell(_num(v))[0]}</b></li>" for k, v in rho.items())
                      + "</ul>")  # fmt: skip
+    notes = a.get("notes") or []
+    if notes:
+        parts.append("<ul>" + "".join(f"<li class='note'>{escape(str(n))}</li>" for n in notes)
+                     + "</ul>")  # fmt: skip
     parts.append(_sensitivity_chart(layers))
     parts.append(_float_section(a))
     parts.append(_consistency_section(a.get("consistency")))

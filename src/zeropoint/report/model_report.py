@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from zeropoint.analysis.metrics import Metric
 from zeropoint.analysis.model import ModelAnalysis
+from zeropoint.extras import require
 from zeropoint.report.html import ReportData
 from zeropoint.report.timing import interleaved_latency
 
@@ -62,7 +63,7 @@ def _bound(fn: Callable[[Tensor], Any], x: Tensor) -> Callable[[], Any]:
 
 def ort_runner(path: Path) -> Callable[[Tensor], Tensor]:
     """ONNX Runtime on one float input (the export's first input name)."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "running the export in ONNX Runtime")
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -91,7 +92,7 @@ def deployment_rows(
     if program is not None:
         runs["zeropoint integer engine"] = (program, None)
     if onnx_path is not None:
-        runs["zeropoint QDQ → ONNX Runtime"] = (ort_runner(onnx_path), disk_size(onnx_path))
+        runs["zeropoint ONNX export → ONNX Runtime"] = (ort_runner(onnx_path), disk_size(onnx_path))
     batch = inputs[0]
     timed = {k: _bound(f, batch) for k, (f, _) in runs.items() if k != SIMULATION}
     latency: dict[str, float | None] = dict(interleaved_latency(timed, repeats=repeats, warmup=1))

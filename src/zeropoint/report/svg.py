@@ -164,10 +164,40 @@ def scatter(points: Sequence[Point], xlabel: str, ylabel: str, width: int = 520,
             body.append(f"<path d='M{x - 4:.1f},{y - 4:.1f}L{x + 4:.1f},{y + 4:.1f}M{x - 4:.1f},"
                         f"{y + 4:.1f}L{x + 4:.1f},{y - 4:.1f}' stroke='{color}' "
                         f"stroke-width='2'>{tip}</path>")  # fmt: skip
+    placed: list[Box] = []
     for x, y, numbers, color in labels:
-        body.append(f"<text x='{x + 6:.1f}' y='{y - 6:.1f}' font-size='11' font-weight='bold' "
-                    f"fill='{color}' {FONT}>{','.join(numbers)}</text>")  # fmt: skip
+        text = ",".join(numbers)
+        lx, ly = place_label(x, y, LABEL_CHAR_PX * len(text), placed, width, height)
+        body.append(f"<text x='{lx:.1f}' y='{ly:.1f}' font-size='11' font-weight='bold' "
+                    f"fill='{color}' {FONT}>{text}</text>")  # fmt: skip
     return _svg(width, height, body, title or f"{ylabel} against {xlabel}")
+
+
+Box = tuple[float, float, float, float]  # left, top, right, bottom
+LABEL_CHAR_PX = 6.8  # width of a character at font size 11 (bold digits)
+LABEL_HEIGHT_PX = 11.0
+
+
+def place_label(x: float, y: float, w: float, placed: list[Box], width: float,
+                height: float) -> tuple[float, float]:  # fmt: skip
+    """The text baseline position of a label ``w`` px wide for the point (x, y): the first of
+    right-above, right-below, left-above, left-below, above, below whose box overlaps no box in
+    ``placed`` and stays inside the chart (else right-above); its box is added to ``placed``."""
+    h = LABEL_HEIGHT_PX
+    candidates = [(x + 6, y - 6), (x + 6, y + 6 + h), (x - 6 - w, y - 6), (x - 6 - w, y + 6 + h),
+                  (x - w / 2, y - 9), (x - w / 2, y + 9 + h)]  # fmt: skip
+
+    def box(lx: float, ly: float) -> Box:
+        return (lx, ly - h, lx + w, ly + 2)
+
+    def free(b: Box) -> bool:
+        inside = b[0] >= 0 and b[1] >= 0 and b[2] <= width and b[3] <= height
+        return inside and all(b[2] <= o[0] or o[2] <= b[0] or b[3] <= o[1] or o[3] <= b[1]
+                              for o in placed)  # fmt: skip
+
+    lx, ly = next((c for c in candidates if free(box(*c))), candidates[0])
+    placed.append(box(lx, ly))
+    return lx, ly
 
 
 def lines(series: Mapping[str, Sequence[tuple[float, float, str]]], xlabel: str, ylabel: str,
