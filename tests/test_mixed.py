@@ -312,3 +312,40 @@ def test_candidates_whose_weights_lie_on_their_grid_are_measured_against_the_flo
             assert given.drops[pair][name] == pytest.approx(drop, rel=1e-5, abs=1e-9), (pair, name)
     # the candidates are left as they were given
     assert torch.equal(loaded[(2, 8)].a.quantized_weight(), loaded[(2, 8)].a.float_weight)
+
+
+def test_a_bytes_per_sample_budget_makes_activation_widths_a_choice() -> None:
+    # model bytes do not depend on activation widths; the bytes one inference moves do: the
+    # weights read once (n·w/8) and every layer output written once (m·a/8). Chain's outputs
+    # per sample: a 96, b 16, c 10 values. 40 bytes under uniform W8A8 must come from the
+    # outputs: only a's (48 bytes saved at 4 bits) can give them
+    from itertools import product
+
+    from zeropoint.mixed.search import measure_sensitivities
+
+    model, data = Chain().eval(), _data()
+    table = measure_sensitivities(model, data, weight_bits=(8,), activation_bits=(4, 8),
+                                  progress=False)  # fmt: skip
+    assert table.outputs == {"a": 96, "b": 16, "c": 10}
+    uniform = table.uniform_bytes(8) + (96 + 16 + 10)
+    budget = uniform - 40
+    result = table.choose(zp.Budget(bytes_per_sample=budget))
+    chosen = {c.name: c.activation_bits for c in result.choices}
+    assert chosen == {"a": 4, "b": 8, "c": 8}
+    by_hand = table.fixed_bytes + sum(table.parameters.values()) + (96 * 4 + 16 * 8 + 10 * 8) / 8
+    assert result.bytes_per_sample == pytest.approx(by_hand) and by_hand <= budget
+    # the knapsack's choice is the enumerated optimum of the predicted drops
+    best = min(
+        (sum(table.drops[(8, a)][n] for n, a in zip("abc", acts, strict=True)), acts)
+        for acts in product((4, 8), repeat=3)
+        if sum(m * a for m, a in zip((96, 16, 10), acts, strict=True)) / 8
+        <= budget - table.uniform_bytes(8)
+    )[1]
+    assert tuple(chosen[n] for n in "abc") == best
+    model_q = zp.quantize_static(model, data, result.config, progress=False)
+    assert model_q.act_quant["relu"].scheme.bits == 4  # a's output, after its ReLU  # a's output, after its ReLU
+    # a model-bytes budget leaves every activation at its widest: it costs nothing there
+    wide = table.choose(zp.Budget(model_bytes=table.uniform_bytes(8)))
+    assert {c.activation_bits for c in wide.choices} == {8}
+    with pytest.raises(ValueError, match="give exactly one budget"):
+        zp.Budget(model_bytes=1e6, bytes_per_sample=1e6)

@@ -14,7 +14,8 @@
    is a multiple-choice knapsack (`zeropoint.mixed.knapsack`):
 
        minimise Σ_l d_l(w_l, a_l)   subject to   Σ_l n_l·w_l / 8 + fixed ≤ model bytes
-                                     (or Σ n_l·w_l / Σ n_l ≤ average weight bits),
+                                     (or Σ n_l·w_l / Σ n_l ≤ average weight bits,
+                                     or Σ_l (n_l·w_l + m_l·a_l) / 8 + fixed ≤ bytes per sample),
 
    or, for a maximum drop D: minimise the model bytes subject to Σ_l d_l ≤ D (the drops in
    the metric's units: use exact sensitivities). The budget holds exactly for the chosen widths.
@@ -22,7 +23,12 @@
 Model bytes count the weights at their width with ideal packing (n·w/8; the integer engine and
 the ONNX export store weights of up to 8 bits in int8, and checkpoints pack 4 bits and below in
 nibbles or crumbs), plus 4 bytes for every other parameter and every per-channel scale. Activation
-widths do not change model bytes: the default candidates are (8,), what the integer engine runs;
+widths do not change model bytes — under the first two budgets the widest activation candidate
+is always the best choice. *Bytes per sample* is the memory traffic of one inference: the model
+bytes (every weight read once) plus every searched layer's output written once at its width
+(m_l values per sample, measured on the first batch; the activations of operations that are not
+layers are not counted): there narrower activations buy room. The default candidates are (8,),
+what the integer engine runs;
 16-bit activations run in the simulation and ONNX Runtime only, not in the integer engine.
 Operations that are not layers (the model's input, additions, averages) keep the base config's
 activation width; their drops are measured once and added to the prediction.
@@ -63,20 +69,21 @@ Width = int | None  # None: float
 
 @dataclass(frozen=True)
 class Budget:
-    """Exactly one of: total model bytes, average weight bits over the searched layers, or the
-    largest predicted drop of the metric (then the smallest model is chosen)."""
+    """Exactly one of: total model bytes, average weight bits over the searched layers, the
+    largest predicted drop of the metric (then the smallest model is chosen), or the bytes one
+    inference moves (model bytes + the searched layers' outputs at their widths)."""
 
     model_bytes: float | None = None
     avg_weight_bits: float | None = None
     max_drop: float | None = None
+    bytes_per_sample: float | None = None
 
     def __post_init__(self) -> None:
-        given = [k for k in ("model_bytes", "avg_weight_bits", "max_drop")
-                 if getattr(self, k) is not None]  # fmt: skip
+        given = [k for k in KINDS if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one budget: model_bytes, avg_weight_bits or max_drop "
-                f"(got {given or 'none'})"
+                "give exactly one budget: model_bytes, avg_weight_bits, max_drop or "
+                f"bytes_per_sample (got {given or 'none'})"
             )
         value = getattr(self, given[0])
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
@@ -84,8 +91,10 @@ class Budget:
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("model_bytes", "avg_weight_bits", "max_drop")
-                    if getattr(self, k) is not None)  # fmt: skip
+        return next(k for k in KINDS if getattr(self, k) is not None)
+
+
+KINDS = ("model_bytes", "avg_weight_bits", "max_drop", "bytes_per_sample")
 
 
 @dataclass
@@ -118,6 +127,12 @@ class MixedPrecisionResult:
     sensitivity: dict[tuple[Width, Width], dict[str, float]] = field(default_factory=dict)
     other_drop: float = 0.0
     wall_s: dict[str, float] = field(default_factory=dict)
+    activation_bytes: float = 0.0  # the searched layers' outputs per sample at their widths
+
+    @property
+    def bytes_per_sample(self) -> float:
+        """Model bytes plus the searched layers' outputs of one sample at their widths."""
+        return self.model_bytes + self.activation_bytes
 
     def rules_source(self) -> str:
         """The config's layer rules as Python source to paste and edit: it defines ``W`` and
@@ -206,6 +221,7 @@ class SensitivityTable:
     variants: dict[tuple[int, int], nn.Module] = field(default_factory=dict)
     wall_s: float = 0.0
     notes: list[str] = field(default_factory=list)  # what the drops could not separate
+    outputs: dict[str, int] = field(default_factory=dict)  # output values per sample, by layer
 
     def uniform_bytes(self, weight_bits: int) -> float:
         """Model bytes of every searched layer at ``weight_bits``."""
@@ -223,6 +239,11 @@ class SensitivityTable:
         value = [[0.0 if o == (None, None) else self.drops[o][n] for o in options] for n in names]
         bits = [[float(params[n] * (32 if o[0] is None else o[0])) for o in options]
                 for n in names]  # fmt: skip
+        moved = [[float(self.outputs.get(n, 0) * (32 if o[1] is None else o[1])) for o in options]
+                 for n in names]  # fmt: skip
+        if budget.kind == "bytes_per_sample":  # weights read and outputs written, in bits
+            bits = [[w + a for w, a in zip(bw, ba, strict=True)]
+                    for bw, ba in zip(bits, moved, strict=True)]  # fmt: skip
         total_params = sum(params.values())
         if budget.kind == "max_drop":
             assert budget.max_drop is not None
@@ -241,6 +262,9 @@ class SensitivityTable:
             if budget.kind == "model_bytes":
                 assert budget.model_bytes is not None
                 capacity = 8.0 * (budget.model_bytes - fixed)
+            elif budget.kind == "bytes_per_sample":
+                assert budget.bytes_per_sample is not None
+                capacity = 8.0 * (budget.bytes_per_sample - fixed)
             else:
                 assert budget.avg_weight_bits is not None
                 capacity = budget.avg_weight_bits * total_params
@@ -251,8 +275,10 @@ class SensitivityTable:
                 raise ValueError(
                     f"the budget {budget.kind}={getattr(budget, budget.kind)} is below the "
                     f"smallest model the candidate widths give ({least:.0f} bytes, "
-                    f"{min(self.weight_bits)}-bit weights everywhere)"
-                ) from None
+                    f"{min(self.weight_bits)}-bit weights everywhere"
+                    + (f", {min(self.activation_bits)}-bit outputs"
+                       if budget.kind == "bytes_per_sample" else "") + ")"
+                ) from None  # fmt: skip
         choices = [
             LayerChoice(n, options[c][0], options[c][1], params[n], value[i][c])
             for i, (n, c) in enumerate(zip(names, pick, strict=True))
@@ -264,6 +290,9 @@ class SensitivityTable:
             total_bytes(choices, fixed), sum(c.weight_bytes for c in choices) * 8 / total_params,
             fixed, self.drops, self.other_drop,
         )  # fmt: skip
+        result.activation_bytes = sum(
+            self.outputs.get(c.name, 0) * (32 if c.activation_bits is None else c.activation_bits)
+            for c in choices) / 8  # fmt: skip
         result.wall_s = {"sensitivity": self.wall_s, "search": time.perf_counter() - t0}
         return result
 
@@ -359,12 +388,30 @@ def measure_sensitivities(
     if bar is not None:
         bar.close()
     params = {n: searched[n].float_weight.numel() for n in names}  # type: ignore[union-attr]
+    outputs = _outputs_per_sample(reference, searched, batches[0].x)
     return SensitivityTable(
         base, tuple(weight_bits), tuple(activation_bits), allow_float,
         m.name + (" (Fisher estimate)" if sensitivity == "fast" else ""), drops, params,
         _fixed_bytes(reference, searched), other_drop, variants, time.perf_counter() - t_start,
-        notes,
+        notes, outputs,
     )  # fmt: skip
+
+
+def _outputs_per_sample(
+    model: nn.Module, layers: dict[str, Any], x: torch.Tensor
+) -> dict[str, int]:
+    """Output values per sample of each layer (its output's size on ``x`` over the batch)."""
+    sizes: dict[str, int] = {}
+    hooks = [layer.register_forward_hook(
+        lambda _m, _i, out, name=name: sizes.__setitem__(name, out.numel() // x.shape[0]))
+        for name, layer in layers.items()]  # fmt: skip
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sizes
 
 
 def _round_to_nearest_variants(
@@ -396,11 +443,13 @@ def mixed_precision(
     model_bytes: float | None = None,
     avg_weight_bits: float | None = None,
     max_drop: float | None = None,
+    bytes_per_sample: float | None = None,
     sensitivities: SensitivityTable | None = None,
     **options: Any,
 ) -> MixedPrecisionResult:
     """Per-layer widths for ``model`` under a budget (see the module docstring): give exactly
-    one of ``budget``, ``model_bytes``, ``avg_weight_bits`` or ``max_drop``.
+    one of ``budget``, ``model_bytes``, ``avg_weight_bits``, ``max_drop`` or
+    ``bytes_per_sample``.
 
     Options (passed to `measure_sensitivities`): ``data`` — the batches the sensitivities are
     measured on (default: ``calib_data``; each candidate model is calibrated on
@@ -411,8 +460,8 @@ def mixed_precision(
     units, so not with ``max_drop``); ``max_batches``, ``fisher_samples``, ``progress``.
     ``sensitivities``: a table measured before (another budget, same model): reused."""
     if budget is None:
-        budget = Budget(model_bytes, avg_weight_bits, max_drop)
-    elif any(v is not None for v in (model_bytes, avg_weight_bits, max_drop)):
+        budget = Budget(model_bytes, avg_weight_bits, max_drop, bytes_per_sample)
+    elif any(v is not None for v in (model_bytes, avg_weight_bits, max_drop, bytes_per_sample)):
         raise ValueError("give the budget either as a Budget or as one keyword, not both")
     if options.get("sensitivity") == "fast" and budget.kind == "max_drop":
         raise ValueError("a max_drop budget needs drops in the metric's units: sensitivity='exact'")
