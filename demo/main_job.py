@@ -212,6 +212,7 @@ def run(out_dir: Path, quick: bool = False, weight_only_rows: bool = False) -> i
             "rows": curve_rows,
             "dominates": {str(k): v for k, v in mixed.dominates.items()},
             "dominates_with_adaround": {str(k): v for k, v in mixed.dominates_adaround.items()},
+            "best_mixed_vs_best_uniform": {str(k): v for k, v in mixed.best.items()},
             "sensitivity_s": mixed.sensitivity_s,
             "search_s": mixed.search_s,
             "timings_s": mixed.timings,
@@ -245,8 +246,14 @@ def _curve_row(r: mobilenet_mixed.CurveRow) -> dict[str, Any]:
 def _dominance_line(mixed: mobilenet_mixed.MixedResult) -> str:
     parts = [f"size of W{b}: {'yes' if ok else 'NO'}" for b, ok in mixed.dominates.items()]
     ada = [f"W{b}: {'yes' if ok else 'NO'}" for b, ok in mixed.dominates_adaround.items()]
+    best = [
+        f"W{b}: {v['mixed top1']:.1f} vs {v['uniform top1']:.1f} % "
+        f"(KL {v['mixed kl']:.3f} vs {v['uniform kl']:.3f})"
+        for b, v in mixed.best.items()
+    ]
     return (f"mixed precision at least as good as uniform at the same size — {', '.join(parts)}; "
             f"with AdaRound on both — {', '.join(ada)}; "
+            f"best mixed vs best uniform at each size — {'; '.join(best)}; "
             f"search: sensitivities {mixed.sensitivity_s:.0f} s, knapsack "
             f"{1000 * mixed.search_s:.0f} ms")  # fmt: skip
 
@@ -294,13 +301,14 @@ def _html_report(rows: list[Row], table: list[dict[str, object]], weight_only: l
         curve_title="MobileNetV2: mixed precision against uniform widths",
         curve_rows=curve_rows,
         curve_notes=[
-            "Weights per channel (min-max, round to nearest), 8-bit activations everywhere: what "
-            "the integer engine runs (16-bit activations run in the simulation and ONNX Runtime "
-            "only). Mixed precision chooses 2/3/4/6/8-bit weights per layer under the size of "
-            "the uniform model, from exact one-at-a-time KL sensitivities measured on "
-            "calibration views (never the evaluation views); the integer engine and the ONNX "
-            "export store weights below 8 bits in int8 containers (checkpoints pack 4 bits and "
-            "below).",
+            "The protocol of docs/ptq.md's table: weights symmetric per channel on the full "
+            "signed range (min-max, round to nearest, or AdaRound's learned rounding), 8-bit "
+            "activations everywhere (what the integer engine runs), the logits float. Mixed "
+            "precision chooses 2/3/4/6/8-bit weights per layer under the size of the uniform "
+            "model, from exact one-at-a-time KL sensitivities measured on calibration views "
+            "(never the evaluation views); '+ AdaRound' rounds the chosen config's weights with "
+            "AdaRound, as the uniform AdaRound rows. The integer engine and the ONNX export store "
+            "weights below 8 bits in int8 containers (checkpoints pack 4 bits and below).",
             _dominance_line(mixed),
         ],
         tables=tables,
