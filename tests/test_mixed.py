@@ -343,7 +343,7 @@ def test_a_bytes_per_sample_budget_makes_activation_widths_a_choice() -> None:
     )[1]
     assert tuple(chosen[n] for n in "abc") == best
     model_q = zp.quantize_static(model, data, result.config, progress=False)
-    assert model_q.act_quant["relu"].scheme.bits == 4  # a's output, after its ReLU  # a's output, after its ReLU
+    assert model_q.act_quant["relu"].scheme.bits == 4  # a's output, after its ReLU
     # a model-bytes budget leaves every activation at its widest: it costs nothing there
     wide = table.choose(zp.Budget(model_bytes=table.uniform_bytes(8)))
     assert {c.activation_bits for c in wide.choices} == {8}
