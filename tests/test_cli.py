@@ -28,6 +28,12 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
     return line
 
 
+def _quantized(out: Path) -> None:
+    """``zeropoint quantize`` of the test model into ``out`` (no ONNX export, quiet)."""
+    assert main(["quantize", MODEL, "--calib", CALIB, "--out", str(out), "--quiet",
+                 "--no-onnx"]) == 0  # fmt: skip
+
+
 def test_quantize_writes_checkpoint_onnx_and_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -118,8 +124,7 @@ def test_report_render_only_needs_no_model_code(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    assert main(["quantize", MODEL, "--calib", CALIB, "--out", str(out), "--quiet",
-                 "--no-onnx"]) == 0  # fmt: skip
+    _quantized(out)
     before = (out / "report.html").read_text()
     (out / "report.html").unlink()
     (out / "zeropoint.json").unlink()  # nothing left to rebuild the model from
@@ -191,8 +196,7 @@ def test_report_bad_input_is_one_line_and_status_2(
     argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    assert main(["quantize", MODEL, "--calib", CALIB, "--out", str(out), "--quiet",
-                 "--no-onnx"]) == 0  # fmt: skip
+    _quantized(out)
     capsys.readouterr()
     try:
         status = main(["report", str(out), *argv, "--quiet"])
@@ -214,8 +218,7 @@ def test_report_with_a_damaged_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    assert main(["quantize", MODEL, "--calib", CALIB, "--out", str(out), "--quiet",
-                 "--no-onnx"]) == 0  # fmt: skip
+    _quantized(out)
     (out / "checkpoint" / "encodings.json").write_text("{}")
     assert main(["report", str(out), "--quiet"]) == 2
     assert "cannot load the checkpoint" in _error_line(capsys)

@@ -402,15 +402,12 @@ def _outputs_per_sample(
 ) -> dict[str, int]:
     """Output values per sample of each layer (its output's size on ``x`` over the batch)."""
     sizes: dict[str, int] = {}
+    from zeropoint.ptq.layer_io import run_hooked
+
     hooks = [layer.register_forward_hook(
         lambda _m, _i, out, name=name: sizes.__setitem__(name, out.numel() // x.shape[0]))
         for name, layer in layers.items()]  # fmt: skip
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, x, hooks)
     return sizes
 
 

@@ -107,13 +107,18 @@ def execution_order(model: nn.Module, x: Tensor, modules: dict[str, nn.Module]) 
             calls[name] = calls.get(name, 0) + 1
 
         handles.append(module.register_forward_pre_hook(hook))
+    run_hooked(model, x, handles)
+    return calls
+
+
+def run_hooked(model: nn.Module, x: Tensor, handles: list[Any]) -> None:
+    """One forward pass of ``x`` without gradients, then remove the hooks ``handles``."""
     try:
         with torch.no_grad():
             model(x)
     finally:
         for h in handles:
             h.remove()
-    return calls
 
 
 class GridTracker:
@@ -202,5 +207,6 @@ __all__ = [
     "float_simulation",
     "quantizers_off",
     "run",
+    "run_hooked",
     "take_samples",
 ]
