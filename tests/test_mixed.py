@@ -309,7 +309,7 @@ def test_candidates_whose_weights_lie_on_their_grid_are_measured_against_the_flo
     assert given.notes == []
     for pair in default.drops:
         for name, drop in default.drops[pair].items():
-            assert given.drops[pair][name] == pytest.approx(drop, rel=1e-5, abs=1e-9), (pair, name)
+            assert given.drops[pair][name] == drop, (pair, name)  # the same codes and weights
     # the candidates are left as they were given
     assert torch.equal(loaded[(2, 8)].a.quantized_weight(), loaded[(2, 8)].a.float_weight)
 

@@ -181,7 +181,8 @@ def enabled(units: list[Unit], on: Iterable[str]) -> Iterator[None]:
     before (the Fisher estimate's backward pass) keeps the values it saw."""
     wanted = set(on)
     saved = [(q, q.mode) for u in units for q in u.quantizers]
-    swapped = [(u, _weight_of(u)) for u in units if u.float_reference is not None]
+    swapped = [(u, u.layer.float_weight) for u in units
+               if u.layer is not None and u.float_reference is not None]  # fmt: skip
     try:
         for u in units:
             for q in u.quantizers:
@@ -194,11 +195,6 @@ def enabled(units: list[Unit], on: Iterable[str]) -> Iterator[None]:
             q.mode = mode
         for u, previous in swapped:
             _bind_weight(u, previous)
-
-
-def _weight_of(unit: Unit) -> Tensor:
-    assert unit.layer is not None
-    return unit.layer.float_weight
 
 
 def _bind_weight(unit: Unit, weight: Tensor | None) -> None:
